@@ -1,0 +1,22 @@
+// The postgres.js client and the choice of database URL.
+// It must never log query parameters: they hold tenant rows.
+import postgres from "postgres";
+
+export type Sql = postgres.Sql;
+export type TransactionSql = postgres.TransactionSql;
+/** A handle that runs queries: the pool, or a transaction the caller holds. */
+export type Db = Sql | TransactionSql;
+
+/** SUPABASE_DB_URL (set by Supabase in every function), else DATABASE_URL, else none. */
+export function configuredDatabaseUrl(): string | undefined {
+  return Deno.env.get("SUPABASE_DB_URL") || Deno.env.get("DATABASE_URL") || undefined;
+}
+
+export function connect(url: string, options: { max?: number } = {}): Sql {
+  return postgres(url, {
+    max: options.max ?? 10,
+    onnotice: () => {},
+    // Tenant ids travel as text; bigint counts come back as strings, read them with Number().
+    connection: { application_name: "pitr" },
+  });
+}

@@ -1,0 +1,181 @@
+// Applies a snapshot to the live tables inside a transaction the caller holds, and verifies the
+// result before the caller commits. It must never take a lock stronger than ROW EXCLUSIVE on a
+// shared table, alter a constraint or disable a trigger for other sessions.
+import type { TransactionSql } from "../db/client.ts";
+import { RestoreFailed, Unprocessable } from "./errors.ts";
+import { type Plan, planRestore, type Strategy } from "./plan.ts";
+import { getSnapshot, snapshotIn } from "./snapshot.ts";
+
+/** Rows per batch of the store's pages: the unit of progress. */
+const BATCH_ROWS = 10_000;
+
+export interface ApplyOptions {
+  strategy: Strategy;
+  tables?: string[];
+  /** A drill: no undo snapshot and no sequence moves, since the caller always rolls back. */
+  drill?: boolean;
+  lockTimeoutMs?: number;
+  onPlan?(
+    plan: Plan,
+    rowsTotal: number,
+    fkChecks: FkCheck[],
+    undoSnapshotId: string | null,
+  ): Promise<void>;
+  onStep?(step: { step: string; table?: string; rows?: number }, work: number): Promise<void>;
+}
+
+export interface FkCheck {
+  constraint: string;
+  child: string;
+  parent: string;
+  check: "child rows reference a parent" | "deleted parent rows are not referenced";
+}
+
+export interface Applied {
+  plan: Plan;
+  undoSnapshotId: string | null;
+  rowsWritten: number;
+  tables: string[];
+}
+
+export async function applySnapshot(
+  tx: TransactionSql,
+  snapshotId: string,
+  options: ApplyOptions,
+): Promise<Applied> {
+  const step = options.onStep ?? (() => Promise.resolve());
+  // Triggers stay off for this transaction only: the application's triggers must not rewrite
+  // restored rows. FK triggers are off with them, so integrity is checked below before commit.
+  await tx`select set_config('session_replication_role', 'replica', true)`;
+  await tx`select set_config('lock_timeout', ${`${options.lockTimeoutMs ?? 5000}ms`}, true)`;
+
+  const snapshot = await getSnapshot(tx, snapshotId);
+  const [{ locked }] = await tx<{ locked: boolean }[]>`
+    select pg_try_advisory_xact_lock(hashtext('pitr:tenant'), hashtext(${snapshot.tenant_id})) as locked`;
+  if (!locked) {
+    throw new RestoreFailed(
+      "tenant_busy",
+      `tenant ${snapshot.tenant_id} is being restored or drilled`,
+    );
+  }
+
+  const plan = await planRestore(tx, {
+    snapshotId,
+    tables: options.tables,
+    strategy: options.strategy,
+  });
+  const blocker = plan.warnings.find((w) => w.blocking);
+  if (blocker) throw new Unprocessable("plan_blocked", blocker.message, blocker.table);
+
+  const restored = new Map(plan.steps.map((t) => [t.name, t]));
+  const fkChecks: FkCheck[] = [];
+  for (const fk of plan.foreignKeys) {
+    const base = { constraint: fk.name, child: fk.child, parent: fk.parent };
+    if (restored.has(fk.child)) fkChecks.push({ ...base, check: "child rows reference a parent" });
+    if (restored.has(fk.parent) && options.strategy === "overwrite") {
+      fkChecks.push({ ...base, check: "deleted parent rows are not referenced" });
+    }
+  }
+
+  const undo = options.drill ? null : await snapshotIn(tx, {
+    tenantId: snapshot.tenant_id,
+    tables: plan.order,
+    kind: "undo",
+    label: `before restore of snapshot ${snapshotId}`,
+  });
+  const rowsTotal = plan.steps.reduce((n, t) => n + t.rows, 0) + plan.totals.delete;
+  await options.onPlan?.(plan, rowsTotal, fkChecks, undo?.snapshot_id ?? null);
+
+  let written = 0;
+  const current = { table: undefined as string | undefined };
+  try {
+    if (options.strategy === "overwrite") {
+      // Children first, so a parent's rows go after the rows that pointed at them.
+      for (const t of [...plan.steps].reverse()) {
+        current.table = t.name;
+        const [{ n }] = await tx<{ n: string }[]>`select pitr.restore_delete(${t.id}) as n`;
+        written += Number(n);
+        await step({ step: "delete", table: t.name, rows: Number(n) }, Number(n));
+      }
+    }
+    for (const t of plan.steps) {
+      current.table = t.name;
+      const [{ blocks }] = await tx<
+        { blocks: string }[]
+      >`select pitr.store_blocks(${t.id}) as blocks`;
+      const pages = Number(blocks);
+      const perBatch = Math.max(1, Math.floor((pages * BATCH_ROWS) / Math.max(t.rows, 1)));
+      let done = 0;
+      for (let from = 0; from < Math.max(pages, 1); from += perBatch) {
+        const to = from + perBatch;
+        const [r] = await tx<{ updated: string; inserted: string }[]>`
+          select updated, inserted from pitr.restore_upsert(${t.id}, ${options.strategy}, ${from}, ${to})`;
+        const rows = Number(r.updated) + Number(r.inserted);
+        written += rows;
+        const reached = pages === 0 ? t.rows : Math.round((t.rows * Math.min(to, pages)) / pages);
+        await step({ step: "restore", table: t.name, rows }, reached - done);
+        done = reached;
+      }
+      if (!options.drill) {
+        await tx`select pitr.move_sequences(relid) from pitr.protected_tables
+          where table_schema = ${t.schema} and table_name = ${t.table}`;
+      }
+    }
+
+    current.table = undefined;
+    await step({ step: "verify" }, 0);
+    for (const t of plan.steps) {
+      current.table = t.name;
+      const [v] = await tx<
+        { ok: boolean }[]
+      >`select ok from pitr.verify_table(${t.id}, ${options.strategy})`;
+      if (!v.ok) {
+        throw new RestoreFailed(
+          "verification_failed",
+          `after the restore, the rows of ${t.name} do not match the snapshot's checksum`,
+          t.name,
+        );
+      }
+    }
+    for (const fk of plan.foreignKeys) {
+      const child = restored.get(fk.child);
+      const parent = restored.get(fk.parent);
+      if (child) {
+        current.table = fk.child;
+        const [{ n }] = await tx<{ n: string }[]>`
+          select pitr.fk_dangling_children(${fk.oid}::oid, ${child.id}) as n`;
+        if (Number(n) > 0) {
+          throw new RestoreFailed(
+            "foreign_key_violation",
+            `${n} restored rows of ${fk.child} reference missing rows of ${fk.parent} (${fk.name})`,
+            fk.child,
+          );
+        }
+      }
+      if (parent && options.strategy === "overwrite") {
+        current.table = fk.parent;
+        const [{ n }] = await tx<{ n: string }[]>`
+          select pitr.fk_orphans_of_deleted(${fk.oid}::oid, ${parent.id}) as n`;
+        if (Number(n) > 0) {
+          throw new RestoreFailed(
+            "foreign_key_violation",
+            `${n} rows of ${fk.child} reference rows of ${fk.parent} that the restore deleted (${fk.name})`,
+            fk.parent,
+          );
+        }
+      }
+    }
+  } catch (e) {
+    // Name the table the failure happened in, for the history row.
+    if (e && typeof e === "object" && !("table" in e && (e as { table?: string }).table)) {
+      Object.assign(e, { pitrTable: current.table });
+    }
+    throw e;
+  }
+  return {
+    plan,
+    undoSnapshotId: undo?.snapshot_id ?? null,
+    rowsWritten: written,
+    tables: plan.order,
+  };
+}

@@ -1,0 +1,67 @@
+// Turns any error thrown during a restore into the code, message and table recorded for it.
+// It must never put SQL text or row values into the recorded message.
+import { PG, PitrError, sqlState } from "./errors.ts";
+
+export interface Failure {
+  code: string;
+  message: string;
+  table?: string;
+}
+
+export function describeFailure(error: unknown): Failure {
+  const table = (error as { table?: string; pitrTable?: string })?.table ??
+    (error as { pitrTable?: string })?.pitrTable;
+  const where = table ? ` (table ${table})` : "";
+  if (error instanceof PitrError) return { code: error.code, message: error.message, table };
+  switch (sqlState(error)) {
+    case PG.LOCK_NOT_AVAILABLE:
+      return {
+        code: "lock_timeout",
+        message:
+          `a row the restore needs stayed locked by another session past lock_timeout${where}`,
+        table,
+      };
+    case PG.QUERY_CANCELED:
+      return {
+        code: "statement_timeout",
+        message: `a statement was cancelled or timed out${where}`,
+        table,
+      };
+    case PG.UNIQUE_VIOLATION:
+      return {
+        code: "key_conflict",
+        message: `a restored row collides with an existing row on a unique key${where}: ${
+          (error as { constraint_name?: string }).constraint_name ?? "unique constraint"
+        }`,
+        table,
+      };
+    case PG.CHECK_VIOLATION:
+      return {
+        code: "constraint_violation",
+        message: `a restored row violates check constraint ${
+          (error as { constraint_name?: string }).constraint_name ?? ""
+        }${where}`,
+        table,
+      };
+    case PG.NOT_NULL_VIOLATION:
+      return {
+        code: "schema_incompatible",
+        message: `a restored row lacks a NOT NULL value${where}`,
+        table,
+      };
+    case PG.DEADLOCK_DETECTED:
+    case PG.SERIALIZATION_FAILURE:
+      return {
+        code: "concurrent_change",
+        message: `a concurrent transaction conflicted with the restore${where}`,
+        table,
+      };
+    case PG.PITR_INCOMPATIBLE:
+    case PG.PITR_NOT_FOUND:
+      return { code: "schema_incompatible", message: (error as Error).message, table };
+  }
+  const id = crypto.randomUUID();
+  // Log the code and message only: a PostgreSQL error's detail can quote row values.
+  console.error(`pitr internal error ${id}:`, sqlState(error) ?? "", (error as Error)?.message);
+  return { code: "internal", message: `internal error ${id}${where}`, table };
+}

@@ -1,0 +1,171 @@
+// Plan: the dry run of a restore. The order of tables from the FK graph, and per table how many
+// rows would be inserted, updated, deleted and left unchanged. It must never change tenant data.
+import type { Db } from "../db/client.ts";
+import { type ForeignKey, foreignKeys, pickTables } from "./catalog.ts";
+import { Unprocessable } from "./errors.ts";
+import { orderTables } from "./order.ts";
+import { getSnapshot, type Snapshot, type SnapshotTable } from "./snapshot.ts";
+import { firstError, validateSnapshot } from "./validate.ts";
+
+export type Strategy = "overwrite" | "merge";
+
+export interface PlanRequest {
+  snapshotId: string;
+  tables?: string[];
+  strategy?: Strategy;
+}
+
+export interface TableCounts {
+  table: string;
+  insert: number;
+  update: number;
+  delete: number;
+  unchanged: number;
+}
+
+export interface Warning {
+  code: string;
+  table?: string;
+  message: string;
+  /** Execute refuses a plan with a blocking warning. */
+  blocking: boolean;
+}
+
+export interface Plan {
+  snapshot_id: string;
+  tenant_id: string;
+  strategy: Strategy;
+  order: string[];
+  cycles: string[][];
+  tables: TableCounts[];
+  totals: Omit<TableCounts, "table">;
+  warnings: Warning[];
+  /** Engine detail for execute: the snapshot tables in order, and the FKs that touch them. */
+  steps: SnapshotTable[];
+  foreignKeys: ForeignKey[];
+}
+
+export async function planRestore(sql: Db, request: PlanRequest): Promise<Plan> {
+  const strategy = request.strategy ?? "overwrite";
+  const snapshot = await getSnapshot(sql, request.snapshotId);
+  const chosen = pickTables(snapshot.tables, request.tables, "a table of this snapshot");
+
+  const validation = await validateSnapshot(sql, snapshot.snapshot_id, chosen);
+  const error = firstError(validation);
+  if (error) {
+    throw new Unprocessable(
+      error.check === "checksum" ? "snapshot_invalid" : "schema_incompatible",
+      error.message,
+      error.table,
+    );
+  }
+  const warnings: Warning[] = validation.checks
+    .filter((c) => !c.ok)
+    .map((c) => ({ code: c.check, table: c.table, message: c.message, blocking: false }));
+
+  await sql`select pitr.refresh_fk_cache()`;
+  const names = new Set(chosen.map((t) => t.name));
+  const fks = (await foreignKeys(sql)).filter((k) => names.has(k.child) || names.has(k.parent));
+  const { order, cycles } = orderTables([...names], fks);
+  const byName = new Map(chosen.map((t) => [t.name, t]));
+  const steps = order.map((n) => byName.get(n)!);
+
+  const tables: TableCounts[] = [];
+  for (const t of steps) {
+    const [d] = await sql<
+      { ins: string; upd: string; del: string; unchanged: string; conflicts: string }[]
+    >`
+      select ins, upd, del, unchanged, conflicts from pitr.table_diff(${t.id}, ${strategy})`;
+    tables.push({
+      table: t.name,
+      insert: Number(d.ins),
+      update: Number(d.upd),
+      delete: Number(d.del),
+      unchanged: Number(d.unchanged),
+    });
+    if (Number(d.conflicts) > 0) {
+      warnings.push({
+        code: "key_conflict",
+        table: t.name,
+        message:
+          `${d.conflicts} snapshot rows of ${t.name} have a key now held by another tenant's row`,
+        blocking: true,
+      });
+    }
+  }
+  warnings.push(...await outsideSetWarnings(sql, snapshot, byName, fks, strategy, tables));
+
+  const totals = { insert: 0, update: 0, delete: 0, unchanged: 0 };
+  for (const t of tables) {
+    totals.insert += t.insert;
+    totals.update += t.update;
+    totals.delete += t.delete;
+    totals.unchanged += t.unchanged;
+  }
+  return {
+    snapshot_id: snapshot.snapshot_id,
+    tenant_id: snapshot.tenant_id,
+    strategy,
+    order,
+    cycles,
+    tables,
+    totals,
+    warnings,
+    steps,
+    foreignKeys: fks,
+  };
+}
+
+/**
+ * A restore that covers only some tables must not leave references dangling across the edge of
+ * the set: restored rows pointing at parents missing now, or deleted rows that rows of another
+ * table still point at (a cascade the restore will not run, since triggers are off).
+ */
+async function outsideSetWarnings(
+  sql: Db,
+  snapshot: Snapshot,
+  restored: Map<string, SnapshotTable>,
+  fks: ForeignKey[],
+  strategy: Strategy,
+  counts: TableCounts[],
+): Promise<Warning[]> {
+  const warnings: Warning[] = [];
+  const deletes = new Map(counts.map((c) => [c.table, c.delete]));
+  for (const fk of fks) {
+    const child = restored.get(fk.child);
+    const parent = restored.get(fk.parent);
+    if (child && !parent) {
+      const [{ n }] = await sql<{ n: string }[]>`
+        select pitr.fk_missing_parents(${fk.oid}::oid, ${child.id}) as n`;
+      if (Number(n) > 0) {
+        warnings.push({
+          code: "references_outside_set",
+          table: fk.child,
+          message: `${n} restored rows of ${fk.child} reference rows of ${fk.parent} that are ` +
+            `missing now (${fk.name}); include ${fk.parent} in the restore`,
+          blocking: true,
+        });
+      }
+    }
+    if (parent && !child && strategy === "overwrite" && (deletes.get(fk.parent) ?? 0) > 0) {
+      const [{ n }] = await sql<{ n: string }[]>`
+        select pitr.fk_children_of_deleted(${fk.oid}::oid, ${parent.id}) as n`;
+      if (Number(n) > 0) {
+        const inSnapshot = snapshot.tables.some((t) => t.name === fk.child);
+        warnings.push({
+          code: "cascade_outside_set",
+          table: fk.parent,
+          message:
+            `deleting rows of ${fk.parent} would ${
+              fk.onDelete === "cascade" ? "cascade into" : "orphan"
+            } ${n} rows of ${fk.child} (${fk.name}); ` +
+            (inSnapshot
+              ? `include ${fk.child} in the restore`
+              : `${fk.child} is not in the snapshot`),
+          blocking: true,
+        });
+      }
+    }
+  }
+  return warnings;
+}

@@ -1,0 +1,66 @@
+// Each test file gets its own database cloned from the migrated template that tests/run.ts built.
+// The database is dropped when every test of the file passed, and left behind for a look when not.
+import { connect, type Sql } from "../shared/db/client.ts";
+
+export interface TestDb {
+  sql: Sql;
+  url: string;
+  name: string;
+}
+
+const adminUrl = Deno.env.get("PITR_TEST_ADMIN_URL");
+const template = Deno.env.get("PITR_TEST_TEMPLATE");
+
+export function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+export async function testDatabase(label: string): Promise<TestDb> {
+  if (!adminUrl || !template) throw new Error("run the tests with `deno task test`");
+  const name = `pitr_test_${label}_${crypto.randomUUID().slice(0, 8)}`;
+  const admin = connect(adminUrl, { max: 1 });
+  await admin`create database ${admin(name)} template ${admin(template)}`;
+  await admin.end();
+  const url = withDatabase(adminUrl, name);
+  return { sql: connect(url, { max: 12 }), url, name };
+}
+
+let failures = 0;
+
+/** Deno.test with the database's resources allowed to outlive a test, and failures counted. */
+export function dbTest(name: string, fn: () => Promise<void>) {
+  Deno.test({
+    name,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: async () => {
+      try {
+        await fn();
+      } catch (e) {
+        failures++;
+        throw e;
+      }
+    },
+  });
+}
+
+/** Registers the last test of a file: closes the pool and drops the database if all passed. */
+export function cleanup(db: TestDb) {
+  Deno.test({
+    name: "cleanup",
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: async () => {
+      await db.sql.end({ timeout: 5 });
+      if (failures > 0) {
+        console.log(`left database ${db.name} behind for inspection`);
+        return;
+      }
+      const admin = connect(adminUrl!, { max: 1 });
+      await admin`drop database if exists ${admin(db.name)} with (force)`;
+      await admin.end();
+    },
+  });
+}

@@ -1,0 +1,46 @@
+// `deno task test`: runs every test file against SUPABASE_DB_URL / DATABASE_URL when set, else a
+// real PostgreSQL 17 started from npm. It builds one migrated template database per run of the
+// migrations, from which each test file clones its own database.
+import { configuredDatabaseUrl, connect } from "../shared/db/client.ts";
+import { startEmbedded } from "../shared/db/embedded.ts";
+import { migrate, readMigrations } from "../shared/db/migrate.ts";
+
+const configured = configuredDatabaseUrl();
+const server = configured ? undefined : await startEmbedded(".pitr/test-pg");
+const adminUrl = configured ?? server!.url;
+
+const migrations = await readMigrations();
+const fixture = await Deno.readTextFile(new URL("./fixtures/app.sql", import.meta.url));
+const bytes = new TextEncoder().encode(migrations.map((m) => m.text).join("\n") + fixture);
+const hash = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)))
+  .slice(0, 6).map((b) => b.toString(16).padStart(2, "0")).join("");
+const template = `pitr_tpl_${hash}`;
+
+const admin = connect(adminUrl, { max: 1 });
+const [found] = await admin`select 1 from pg_database where datname = ${template}`;
+if (!found) {
+  await admin`create database ${admin(template + "_build")}`.catch(() => {});
+  const buildUrl = withDatabase(adminUrl, template + "_build");
+  const db = connect(buildUrl, { max: 1 });
+  await migrate(db);
+  await db.unsafe(fixture); // the repository's own fixture file
+  await db.end();
+  await admin`alter database ${admin(template + "_build")} rename to ${admin(template)}`;
+}
+await admin.end();
+
+const command = new Deno.Command(Deno.execPath(), {
+  args: ["test", "-A", ...(Deno.args.length ? Deno.args : ["tests/"])],
+  env: { PITR_TEST_ADMIN_URL: adminUrl, PITR_TEST_TEMPLATE: template },
+  stdout: "inherit",
+  stderr: "inherit",
+});
+const { code } = await command.output();
+await server?.stop();
+Deno.exit(code);
+
+function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
