@@ -1,0 +1,84 @@
+// Row level security on the backup tables, proven the way PostgREST runs queries: as role
+// authenticated (or anon) with the JWT's claims in request.jwt.claims.
+import assert from "node:assert/strict";
+import { takeSnapshot } from "../shared/restore/snapshot.ts";
+import { runDrills } from "../shared/restore/drill.ts";
+import { createRestore } from "../shared/restore/history.ts";
+import { cleanup, dbTest, testDatabase } from "./_db.ts";
+
+const db = await testDatabase("rls");
+const sql = db.sql;
+
+await sql`select public.seed_tenant(301, 5), public.seed_tenant(302, 5)`;
+const s301 = await takeSnapshot(sql, { tenantId: "301" });
+const s302 = await takeSnapshot(sql, { tenantId: "302" });
+await createRestore(sql, { snapshotId: s302.snapshot_id, tenantId: "302", strategy: "overwrite" });
+await runDrills(sql, "301");
+
+const TABLES = [
+  "backup_snapshots",
+  "backup_snapshot_tables",
+  "backup_pitr_rollback_history",
+  "backup_pitr_drills",
+] as const;
+
+async function as<T>(role: "authenticated" | "anon", tenant: string | null, fn: (tx: typeof sql) => Promise<T>) {
+  let out: T;
+  try {
+    await sql.begin(async (tx) => {
+      const claims = JSON.stringify({ role, app_metadata: tenant ? { tenant_id: tenant } : {} });
+      await tx`select set_config('request.jwt.claims', ${claims}, true)`;
+      await tx`select set_config('role', ${role}, true)`;
+      out = await fn(tx as unknown as typeof sql);
+      throw new Error("rollback");
+    });
+  } catch (e) {
+    if ((e as Error).message !== "rollback") throw e;
+  }
+  return out!;
+}
+
+dbTest("an authenticated user reads only the tenant in their JWT", async () => {
+  for (const table of TABLES) {
+    const tenants = await as("authenticated", "301", (tx) =>
+      tx<{ tenant_id: string }[]>`select distinct tenant_id from public.${sql(table)}`);
+    const seen = tenants.map((r) => r.tenant_id);
+    const [{ total }] = await sql<{ total: string }[]>`select count(distinct tenant_id) as total from public.${sql(table)}`;
+    assert.ok(seen.every((t) => t === "301"), `${table}: ${seen}`);
+    if (table !== "backup_pitr_rollback_history") assert.deepEqual(seen, ["301"], table);
+    assert.ok(Number(total) >= seen.length);
+  }
+  const own = await as("authenticated", "302", (tx) =>
+    tx<{ id: string }[]>`select id from public.backup_snapshots`);
+  assert.deepEqual(own.map((r) => r.id), [s302.snapshot_id]);
+});
+
+dbTest("a JWT without a tenant reads nothing, and anon reads nothing", async () => {
+  const none = await as("authenticated", null, (tx) => tx`select id from public.backup_snapshots`);
+  assert.equal(none.length, 0);
+  await assert.rejects(as("anon", "301", (tx) => tx`select id from public.backup_snapshots`), /permission denied/);
+});
+
+dbTest("authenticated users cannot write any backup table, nor read the stored rows", async () => {
+  await assert.rejects(
+    as("authenticated", "301", (tx) => tx`delete from public.backup_snapshots where id = ${s301.snapshot_id}`),
+    /permission denied/,
+  );
+  await assert.rejects(
+    as("authenticated", "301", (tx) => tx`update public.backup_pitr_rollback_history set status = 'failed'`),
+    /permission denied/,
+  );
+  await assert.rejects(
+    as("authenticated", "301", (tx) => tx`insert into public.backup_protected_tables (table_name) values ('x')`),
+    /permission denied/,
+  );
+  const store = s301.tables[0].id;
+  await assert.rejects(
+    as("authenticated", "301", (tx) => tx`select * from pitr_store.${sql(`t${store}`)}`),
+    /permission denied/,
+  );
+  const [{ n }] = await sql<{ n: string }[]>`select count(*) as n from public.backup_snapshots where id = ${s301.snapshot_id}`;
+  assert.equal(Number(n), 1);
+});
+
+cleanup(db);
