@@ -26,20 +26,23 @@ dbTest("running the migrations again applies nothing and changes no object", asy
   assert.equal(await objects(), before);
 });
 
-dbTest("the Supabase roles and auth helpers exist, service_role bypasses row level security", async () => {
-  const roles = await sql<{ rolname: string; rolbypassrls: boolean }[]>`
+dbTest(
+  "the Supabase roles and auth helpers exist, service_role bypasses row level security",
+  async () => {
+    const roles = await sql<{ rolname: string; rolbypassrls: boolean }[]>`
     select rolname, rolbypassrls from pg_roles
     where rolname in ('anon', 'authenticated', 'service_role') order by rolname`;
-  assert.deepEqual(roles.map((r) => [r.rolname, r.rolbypassrls]), [
-    ["anon", false],
-    ["authenticated", false],
-    ["service_role", true],
-  ]);
-  const [{ t }] = await sql.begin(async (tx) => {
-    await tx`select set_config('request.jwt.claims', '{"sub":"00000000-0000-0000-0000-000000000001","app_metadata":{"tenant_id":"7"}}', true)`;
-    return await tx<{ t: string }[]>`select auth.jwt() -> 'app_metadata' ->> 'tenant_id' as t`;
-  });
-  assert.equal(t, "7");
-});
+    assert.deepEqual(roles.map((r) => [r.rolname, r.rolbypassrls]), [
+      ["anon", false],
+      ["authenticated", false],
+      ["service_role", true],
+    ]);
+    const [{ t }] = await sql.begin(async (tx) => {
+      await tx`select set_config('request.jwt.claims', '{"sub":"00000000-0000-0000-0000-000000000001","app_metadata":{"tenant_id":"7"}}', true)`;
+      return await tx<{ t: string }[]>`select auth.jwt() -> 'app_metadata' ->> 'tenant_id' as t`;
+    });
+    assert.equal(t, "7");
+  },
+);
 
 cleanup(db);

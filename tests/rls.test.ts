@@ -22,7 +22,11 @@ const TABLES = [
   "backup_pitr_drills",
 ] as const;
 
-async function as<T>(role: "authenticated" | "anon", tenant: string | null, fn: (tx: typeof sql) => Promise<T>) {
+async function as<T>(
+  role: "authenticated" | "anon",
+  tenant: string | null,
+  fn: (tx: typeof sql) => Promise<T>,
+) {
   let out: T;
   try {
     await sql.begin(async (tx) => {
@@ -40,36 +44,59 @@ async function as<T>(role: "authenticated" | "anon", tenant: string | null, fn: 
 
 dbTest("an authenticated user reads only the tenant in their JWT", async () => {
   for (const table of TABLES) {
-    const tenants = await as("authenticated", "301", (tx) =>
-      tx<{ tenant_id: string }[]>`select distinct tenant_id from public.${sql(table)}`);
+    const tenants = await as(
+      "authenticated",
+      "301",
+      (tx) => tx<{ tenant_id: string }[]>`select distinct tenant_id from public.${sql(table)}`,
+    );
     const seen = tenants.map((r) => r.tenant_id);
-    const [{ total }] = await sql<{ total: string }[]>`select count(distinct tenant_id) as total from public.${sql(table)}`;
+    const [{ total }] = await sql<
+      { total: string }[]
+    >`select count(distinct tenant_id) as total from public.${sql(table)}`;
     assert.ok(seen.every((t) => t === "301"), `${table}: ${seen}`);
     if (table !== "backup_pitr_rollback_history") assert.deepEqual(seen, ["301"], table);
     assert.ok(Number(total) >= seen.length);
   }
-  const own = await as("authenticated", "302", (tx) =>
-    tx<{ id: string }[]>`select id from public.backup_snapshots`);
+  const own = await as(
+    "authenticated",
+    "302",
+    (tx) => tx<{ id: string }[]>`select id from public.backup_snapshots`,
+  );
   assert.deepEqual(own.map((r) => r.id), [s302.snapshot_id]);
 });
 
 dbTest("a JWT without a tenant reads nothing, and anon reads nothing", async () => {
   const none = await as("authenticated", null, (tx) => tx`select id from public.backup_snapshots`);
   assert.equal(none.length, 0);
-  await assert.rejects(as("anon", "301", (tx) => tx`select id from public.backup_snapshots`), /permission denied/);
+  await assert.rejects(
+    as("anon", "301", (tx) => tx`select id from public.backup_snapshots`),
+    /permission denied/,
+  );
 });
 
 dbTest("authenticated users cannot write any backup table, nor read the stored rows", async () => {
   await assert.rejects(
-    as("authenticated", "301", (tx) => tx`delete from public.backup_snapshots where id = ${s301.snapshot_id}`),
+    as(
+      "authenticated",
+      "301",
+      (tx) => tx`delete from public.backup_snapshots where id = ${s301.snapshot_id}`,
+    ),
     /permission denied/,
   );
   await assert.rejects(
-    as("authenticated", "301", (tx) => tx`update public.backup_pitr_rollback_history set status = 'failed'`),
+    as(
+      "authenticated",
+      "301",
+      (tx) => tx`update public.backup_pitr_rollback_history set status = 'failed'`,
+    ),
     /permission denied/,
   );
   await assert.rejects(
-    as("authenticated", "301", (tx) => tx`insert into public.backup_protected_tables (table_name) values ('x')`),
+    as(
+      "authenticated",
+      "301",
+      (tx) => tx`insert into public.backup_protected_tables (table_name) values ('x')`,
+    ),
     /permission denied/,
   );
   const store = s301.tables[0].id;
@@ -77,7 +104,9 @@ dbTest("authenticated users cannot write any backup table, nor read the stored r
     as("authenticated", "301", (tx) => tx`select * from pitr_store.${sql(`t${store}`)}`),
     /permission denied/,
   );
-  const [{ n }] = await sql<{ n: string }[]>`select count(*) as n from public.backup_snapshots where id = ${s301.snapshot_id}`;
+  const [{ n }] = await sql<
+    { n: string }[]
+  >`select count(*) as n from public.backup_snapshots where id = ${s301.snapshot_id}`;
   assert.equal(Number(n), 1);
 });
 

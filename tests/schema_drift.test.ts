@@ -22,64 +22,90 @@ async function rows(tenant: string) {
   return await sql`select * from public.drift where tenant_id = ${tenant} order by id`;
 }
 async function restore(snapshotId: string) {
-  const { id } = await createRestore(sql, { snapshotId, tenantId: "d1", strategy: "overwrite", tables: ["drift"] });
+  const { id } = await createRestore(sql, {
+    snapshotId,
+    tenantId: "d1",
+    strategy: "overwrite",
+    tables: ["drift"],
+  });
   return await executeRestore(sql, id);
 }
 
-dbTest("a nullable or defaulted column added since restores, the new column left to its default", async () => {
-  await freshTable();
-  const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
-  const before = await rows("d1");
-  await sql`delete from public.drift where tenant_id = 'd1' and id <= 5`;
-  await sql`alter table public.drift add column extra text, add column flag boolean not null default true`;
-  const v = await validateSnapshot(sql, snap.snapshot_id);
-  assert.equal(v.valid, true, JSON.stringify(v.checks));
-  const status = await restore(snap.snapshot_id);
-  assert.equal(status.status, "completed", JSON.stringify(status.error));
-  const after = await rows("d1");
-  assert.deepEqual(after.map((r) => [r.id, r.qty, r.note]), before.map((r) => [r.id, r.qty, r.note]));
-  assert.ok(after.every((r) => r.flag === true && r.extra === null));
-});
+dbTest(
+  "a nullable or defaulted column added since restores, the new column left to its default",
+  async () => {
+    await freshTable();
+    const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
+    const before = await rows("d1");
+    await sql`delete from public.drift where tenant_id = 'd1' and id <= 5`;
+    await sql`alter table public.drift add column extra text, add column flag boolean not null default true`;
+    const v = await validateSnapshot(sql, snap.snapshot_id);
+    assert.equal(v.valid, true, JSON.stringify(v.checks));
+    const status = await restore(snap.snapshot_id);
+    assert.equal(status.status, "completed", JSON.stringify(status.error));
+    const after = await rows("d1");
+    assert.deepEqual(
+      after.map((r) => [r.id, r.qty, r.note]),
+      before.map((r) => [r.id, r.qty, r.note]),
+    );
+    assert.ok(after.every((r) => r.flag === true && r.extra === null));
+  },
+);
 
-dbTest("a NOT NULL column without default added since is refused, naming table and column", async () => {
-  await freshTable();
-  const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
-  await sql`alter table public.drift add column required int`;
-  await sql`update public.drift set required = 1`;
-  await sql`alter table public.drift alter column required set not null`;
-  const v = await validateSnapshot(sql, snap.snapshot_id);
-  assert.equal(v.valid, false);
-  assert.match(v.checks.find((c) => !c.ok)!.message, /public\.drift\.required/);
-  await assert.rejects(planRestore(sql, { snapshotId: snap.snapshot_id }), (e) => e instanceof Unprocessable);
-});
+dbTest(
+  "a NOT NULL column without default added since is refused, naming table and column",
+  async () => {
+    await freshTable();
+    const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
+    await sql`alter table public.drift add column required int`;
+    await sql`update public.drift set required = 1`;
+    await sql`alter table public.drift alter column required set not null`;
+    const v = await validateSnapshot(sql, snap.snapshot_id);
+    assert.equal(v.valid, false);
+    assert.match(v.checks.find((c) => !c.ok)!.message, /public\.drift\.required/);
+    await assert.rejects(
+      planRestore(sql, { snapshotId: snap.snapshot_id }),
+      (e) => e instanceof Unprocessable,
+    );
+  },
+);
 
-dbTest("a retyped column that casts without loss restores; one that loses data is refused", async () => {
-  await freshTable();
-  const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
-  await sql`alter table public.drift alter column qty type bigint`;
-  const ok = await validateSnapshot(sql, snap.snapshot_id);
-  assert.equal(ok.valid, true);
-  await sql`update public.drift set qty = -1 where tenant_id = 'd1'`;
-  assert.equal((await restore(snap.snapshot_id)).status, "completed");
-  assert.deepEqual((await rows("d1")).map((r) => Number(r.qty)), Array.from({ length: 20 }, (_, i) => (i + 1) * 10));
+dbTest(
+  "a retyped column that casts without loss restores; one that loses data is refused",
+  async () => {
+    await freshTable();
+    const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
+    await sql`alter table public.drift alter column qty type bigint`;
+    const ok = await validateSnapshot(sql, snap.snapshot_id);
+    assert.equal(ok.valid, true);
+    await sql`update public.drift set qty = -1 where tenant_id = 'd1'`;
+    assert.equal((await restore(snap.snapshot_id)).status, "completed");
+    assert.deepEqual(
+      (await rows("d1")).map((r) => Number(r.qty)),
+      Array.from({ length: 20 }, (_, i) => (i + 1) * 10),
+    );
 
-  await sql`alter table public.drift alter column note type varchar(3) using left(note, 3)`;
-  const lossy = await validateSnapshot(sql, snap.snapshot_id);
-  assert.equal(lossy.valid, false);
-  assert.match(lossy.checks.find((c) => !c.ok)!.message, /public\.drift\.note changed type .* values would change/);
+    await sql`alter table public.drift alter column note type varchar(3) using left(note, 3)`;
+    const lossy = await validateSnapshot(sql, snap.snapshot_id);
+    assert.equal(lossy.valid, false);
+    assert.match(
+      lossy.checks.find((c) => !c.ok)!.message,
+      /public\.drift\.note changed type .* values would change/,
+    );
 
-  await freshTable();
-  const snap2 = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
-  await sql`alter table public.drift alter column note type int using null`;
-  const uncastable = await validateSnapshot(sql, snap2.snapshot_id);
-  assert.equal(uncastable.valid, false);
-  assert.match(uncastable.checks.find((c) => !c.ok)!.message, /cannot be cast/);
-  const d = await rows("d1");
-  const status = await restore(snap2.snapshot_id);
-  assert.equal(status.status, "failed");
-  assert.equal(status.error?.code, "schema_incompatible");
-  assert.deepEqual(await rows("d1"), d);
-});
+    await freshTable();
+    const snap2 = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
+    await sql`alter table public.drift alter column note type int using null`;
+    const uncastable = await validateSnapshot(sql, snap2.snapshot_id);
+    assert.equal(uncastable.valid, false);
+    assert.match(uncastable.checks.find((c) => !c.ok)!.message, /cannot be cast/);
+    const d = await rows("d1");
+    const status = await restore(snap2.snapshot_id);
+    assert.equal(status.status, "failed");
+    assert.equal(status.error?.code, "schema_incompatible");
+    assert.deepEqual(await rows("d1"), d);
+  },
+);
 
 dbTest("a dropped column holding values and a dropped table are refused by validate", async () => {
   await freshTable();
@@ -87,7 +113,10 @@ dbTest("a dropped column holding values and a dropped table are refused by valid
   await sql`alter table public.drift drop column note`;
   const v = await validateSnapshot(sql, snap.snapshot_id);
   assert.equal(v.valid, false);
-  assert.match(v.checks.find((c) => !c.ok)!.message, /column public\.drift\.note was dropped .* 20 rows/);
+  assert.match(
+    v.checks.find((c) => !c.ok)!.message,
+    /column public\.drift\.note was dropped .* 20 rows/,
+  );
   await sql`drop table public.drift`;
   const gone = await validateSnapshot(sql, snap.snapshot_id);
   assert.equal(gone.valid, false);
@@ -97,11 +126,15 @@ dbTest("a dropped column holding values and a dropped table are refused by valid
 
 dbTest("other tenants' rows of the table are never touched by these restores", async () => {
   await freshTable();
-  const other = await sql`select xmin::text, * from public.drift where tenant_id = 'd2' order by id`;
+  const other =
+    await sql`select xmin::text, * from public.drift where tenant_id = 'd2' order by id`;
   const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
   await sql`delete from public.drift where tenant_id = 'd1'`;
   assert.equal((await restore(snap.snapshot_id)).status, "completed");
-  assert.deepEqual(await sql`select xmin::text, * from public.drift where tenant_id = 'd2' order by id`, other);
+  assert.deepEqual(
+    await sql`select xmin::text, * from public.drift where tenant_id = 'd2' order by id`,
+    other,
+  );
 });
 
 cleanup(db);

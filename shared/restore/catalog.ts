@@ -67,6 +67,12 @@ export function pickTables<T extends { name: string }>(
   return picked;
 }
 
+/** Brings backup_fk_constraints_cache up to date with the catalog (a no-op when unchanged). */
+export async function refreshForeignKeys(sql: Db): Promise<void> {
+  await sql`select pitr.refresh_fk_cache()`;
+}
+
+/** The FK graph as cached by refreshForeignKeys. */
 export async function foreignKeys(sql: Db): Promise<ForeignKey[]> {
   const rows = await sql<
     {
@@ -83,7 +89,7 @@ export async function foreignKeys(sql: Db): Promise<ForeignKey[]> {
     }[]
   >`select constraint_oid::int8 as constraint_oid, constraint_name, child_schema, child_table,
       child_columns, parent_schema, parent_table, parent_columns, is_deferrable, on_delete
-    from pitr.fk_edges order by constraint_oid`;
+    from public.backup_fk_constraints_cache order by constraint_oid`;
   return rows.map((r) => ({
     oid: Number(r.constraint_oid),
     name: r.constraint_name,

@@ -2,6 +2,7 @@
 // prove the backup restores and to time it. It must never leave a change behind but its record.
 import type { Sql } from "../db/client.ts";
 import { applySnapshot } from "./apply.ts";
+import { refreshForeignKeys } from "./catalog.ts";
 import { describeFailure } from "./failure.ts";
 
 export interface DrillResult {
@@ -25,6 +26,7 @@ export async function runDrills(sql: Sql, tenantId?: string): Promise<DrillResul
         select distinct tenant_id from public.backup_snapshots where kind = 'manual'
         order by tenant_id`).map((r) => r.tenant_id)
     : [tenantId];
+  await refreshForeignKeys(sql);
   const results: DrillResult[] = [];
   for (const tenant of tenants) results.push(await drillTenant(sql, tenant));
   return results;

@@ -3,6 +3,7 @@
 // restore completed that did not commit.
 import type { Sql } from "../db/client.ts";
 import { applySnapshot } from "./apply.ts";
+import { refreshForeignKeys } from "./catalog.ts";
 import { describeFailure } from "./failure.ts";
 import { getStatus, Progress, type RestoreStatus } from "./history.ts";
 
@@ -20,6 +21,8 @@ export async function executeRestore(
     select requested_tables from public.backup_pitr_rollback_history where id = ${rollbackId}`;
   const progress = new Progress(sql, rollbackId);
   try {
+    // Outside the restore's transaction, so that restores of other tenants never wait on it.
+    await refreshForeignKeys(sql);
     const applied = await sql.begin(async (tx) => {
       const [{ txid }] = await tx<{ txid: string }[]>`select txid_current()::text as txid`;
       await progress.start(txid);

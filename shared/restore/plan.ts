@@ -1,7 +1,7 @@
 // Plan: the dry run of a restore. The order of tables from the FK graph, and per table how many
 // rows would be inserted, updated, deleted and left unchanged. It must never change tenant data.
 import type { Db } from "../db/client.ts";
-import { type ForeignKey, foreignKeys, pickTables } from "./catalog.ts";
+import { type ForeignKey, foreignKeys, pickTables, refreshForeignKeys } from "./catalog.ts";
 import { Unprocessable } from "./errors.ts";
 import { orderTables } from "./order.ts";
 import { getSnapshot, type Snapshot, type SnapshotTable } from "./snapshot.ts";
@@ -63,7 +63,7 @@ export async function planRestore(sql: Db, request: PlanRequest): Promise<Plan> 
     .filter((c) => !c.ok)
     .map((c) => ({ code: c.check, table: c.table, message: c.message, blocking: false }));
 
-  await sql`select pitr.refresh_fk_cache()`;
+  await refreshForeignKeys(sql);
   const names = new Set(chosen.map((t) => t.name));
   const fks = (await foreignKeys(sql)).filter((k) => names.has(k.child) || names.has(k.parent));
   const { order, cycles } = orderTables([...names], fks);

@@ -67,11 +67,32 @@ join pg_class pc on pc.oid = k.confrelid join pg_namespace pn on pn.oid = pc.rel
 where k.contype = 'f' and k.conparentid = 0;
 
 -- Keeps backup_fk_constraints_cache equal to the catalog's FK graph; planning reads from it.
+-- It writes only when the graph changed: restores of different tenants refresh it side by side,
+-- and rewriting unchanged rows would make each wait for the other's row locks.
 create function pitr.refresh_fk_cache() returns integer
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_count integer;
 begin
+  if not exists (
+    (select constraint_oid, constraint_name, child_schema, child_table, child_columns,
+       parent_schema, parent_table, parent_columns, is_deferrable, initially_deferred, on_delete,
+       on_update from pitr.fk_edges
+     except
+     select constraint_oid, constraint_name, child_schema, child_table, child_columns,
+       parent_schema, parent_table, parent_columns, is_deferrable, initially_deferred, on_delete,
+       on_update from public.backup_fk_constraints_cache)
+    union all
+    (select constraint_oid, constraint_name, child_schema, child_table, child_columns,
+       parent_schema, parent_table, parent_columns, is_deferrable, initially_deferred, on_delete,
+       on_update from public.backup_fk_constraints_cache
+     except
+     select constraint_oid, constraint_name, child_schema, child_table, child_columns,
+       parent_schema, parent_table, parent_columns, is_deferrable, initially_deferred, on_delete,
+       on_update from pitr.fk_edges)
+  ) then
+    return 0;
+  end if;
   delete from public.backup_fk_constraints_cache;
   insert into public.backup_fk_constraints_cache (constraint_oid, constraint_name, child_schema,
     child_table, child_columns, parent_schema, parent_table, parent_columns, is_deferrable,
