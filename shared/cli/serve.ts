@@ -1,0 +1,44 @@
+// `deno task serve`: one local server on PORT (default 54321) with every function at
+// /functions/v1/<name>, the paths they have on Supabase. It must never start on a transaction
+// pooler or without a key to verify tokens with.
+import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
+import { createApp } from "../http/app.ts";
+import { type AuthConfig, authConfigFromEnv } from "../http/auth.ts";
+import { transactionPoolerError, transactionPoolerReason } from "../http/pooler.ts";
+
+export const DEFAULT_PORT = 54321;
+
+export function serveApp(
+  options: { sql: Sql; auth: AuthConfig; port?: number; hostname?: string },
+): Deno.HttpServer<Deno.NetAddr> {
+  const app = createApp({ sql: options.sql, auth: options.auth });
+  return Deno.serve({
+    port: options.port ?? DEFAULT_PORT,
+    hostname: options.hostname ?? "127.0.0.1",
+    onListen: () => {},
+  }, app.fetch);
+}
+
+function fail(message: string): never {
+  console.error(`pitr serve: ${message}`);
+  Deno.exit(1);
+}
+
+if (import.meta.main) {
+  const url = configuredDatabaseUrl();
+  if (!url) {
+    fail(
+      "no database: set SUPABASE_DB_URL or DATABASE_URL (or use `deno task start`, which " +
+        "starts an embedded PostgreSQL)",
+    );
+  }
+  const pooler = transactionPoolerReason(url);
+  if (pooler) fail(transactionPoolerError(pooler).message);
+  const auth = authConfigFromEnv();
+  if (!auth.jwtSecret && !auth.jwks) {
+    fail("no key to verify tokens with: set SUPABASE_JWT_SECRET and/or SUPABASE_URL");
+  }
+  const port = Number(Deno.env.get("PORT") ?? DEFAULT_PORT);
+  const server = serveApp({ sql: connect(url, { max: 10 }), auth, port, hostname: "0.0.0.0" });
+  console.log(`pitr listening on http://127.0.0.1:${server.addr.port}/functions/v1/`);
+}

@@ -1,0 +1,81 @@
+// `deno task start`: embedded PostgreSQL (when no database URL is set) + migrations + the local
+// server, then prints a service-role token and a curl example. It must never be how production
+// runs: the development secret below is public.
+import { SignJWT } from "jose";
+import { configuredDatabaseUrl, connect } from "../db/client.ts";
+import { startEmbedded } from "../db/embedded.ts";
+import { migrate } from "../db/migrate.ts";
+import { transactionPoolerError, transactionPoolerReason } from "../http/pooler.ts";
+import { authConfigFromEnv } from "../http/auth.ts";
+import { DEFAULT_PORT, serveApp } from "./serve.ts";
+
+/** The Supabase CLI's local JWT secret, so tokens of `supabase start` work here too. Public. */
+export const DEV_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long";
+
+export async function mintToken(
+  secret: string,
+  claims: Record<string, unknown>,
+  expiresIn = "30d",
+): Promise<string> {
+  return await new SignJWT(claims)
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setIssuer("pitr-local")
+    .setIssuedAt()
+    .setExpirationTime(expiresIn)
+    .sign(new TextEncoder().encode(secret));
+}
+
+const configured = configuredDatabaseUrl();
+if (configured && transactionPoolerReason(configured)) {
+  console.error(
+    `pitr start: ${transactionPoolerError(transactionPoolerReason(configured)!).message}`,
+  );
+  Deno.exit(1);
+}
+const embedded = configured ? undefined : await startEmbedded(".pitr/pg", 54322);
+const url = configured ?? embedded!.url;
+const sql = connect(url, { max: 10 });
+const applied = await migrate(sql);
+
+const secret = Deno.env.get("SUPABASE_JWT_SECRET") || DEV_JWT_SECRET;
+const auth = { ...authConfigFromEnv(), jwtSecret: secret };
+const port = Number(Deno.env.get("PORT") ?? DEFAULT_PORT);
+const server = serveApp({ sql, auth, port });
+const token = await mintToken(secret, { role: "service_role" });
+const base = `http://127.0.0.1:${server.addr.port}/functions/v1`;
+
+console.log(`pitr is running
+  database   ${
+  embedded
+    ? `embedded PostgreSQL 17 at ${url} (files in .pitr/pg)`
+    : "from SUPABASE_DB_URL / DATABASE_URL"
+}
+  migrations ${applied.length ? `applied ${applied.join(", ")}` : "up to date"}
+  functions  ${base}/<name>   (OpenAPI: ${base}/openapi.json)
+  jwt secret ${
+  secret === DEV_JWT_SECRET
+    ? "the public development secret (set SUPABASE_JWT_SECRET to change it)"
+    : "SUPABASE_JWT_SECRET"
+}
+
+A service-role token, valid 30 days:
+  export PITR_TOKEN=${token}
+
+Try:
+  curl -s -X POST ${base}/pitr-snapshot -H "Authorization: Bearer $PITR_TOKEN" \\
+    -H 'Content-Type: application/json' -d '{"tenant_id": "101", "label": "before import"}'
+  curl -s "${base}/pitr-snapshot?tenant_id=101" -H "Authorization: Bearer $PITR_TOKEN"
+
+Ctrl-C stops the server${embedded ? " and the embedded PostgreSQL" : ""}.`);
+
+let stopping = false;
+async function stop() {
+  if (stopping) return;
+  stopping = true;
+  await server.shutdown();
+  await sql.end({ timeout: 5 });
+  await embedded?.stop();
+  Deno.exit(0);
+}
+Deno.addSignalListener("SIGINT", stop);
+Deno.addSignalListener("SIGTERM", stop);

@@ -1,0 +1,279 @@
+// The hono app: every function at /functions/v1/<name> (and at /<name>, the path a function sees
+// on Supabase). Handlers only parse, authorize and call the engine; they must never build SQL.
+import { Hono } from "hono";
+import { cors } from "hono/cors";
+import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
+import { runDrills } from "../restore/drill.ts";
+import { Unprocessable } from "../restore/errors.ts";
+import { executeRestore } from "../restore/execute.ts";
+import { createRestore, getStatus, type RestoreStatus } from "../restore/history.ts";
+import { normaliseTableName, pickTables } from "../restore/catalog.ts";
+import { planRestore } from "../restore/plan.ts";
+import { getSnapshot, listSnapshots, type Snapshot, takeSnapshot } from "../restore/snapshot.ts";
+import { firstError, validateSnapshot } from "../restore/validate.ts";
+import {
+  type AuthConfig,
+  authConfigFromEnv,
+  authenticate,
+  ownTenant,
+  type Principal,
+  requireAction,
+  requireTenant,
+} from "./auth.ts";
+import {
+  DrillBody,
+  ExecuteBody,
+  ExecuteQuery,
+  parse,
+  PlanBody,
+  queryOf,
+  readJson,
+  SnapshotCreate,
+  SnapshotList,
+  StatusQuery,
+  ValidateBody,
+} from "./contracts.ts";
+import { Forbidden, onError, Unavailable } from "./errors.ts";
+import { transactionPoolerError, transactionPoolerReason } from "./pooler.ts";
+import openapi from "./openapi.json" with { type: "json" };
+
+export const FUNCTIONS = [
+  "pitr-snapshot",
+  "pitr-validate",
+  "pitr-plan",
+  "pitr-execute",
+  "pitr-status",
+  "pitr-drill",
+] as const;
+
+export interface AppDeps {
+  sql: Sql;
+  auth: AuthConfig;
+  /** Keeps a restore running after the 202 answer; in-process by default. */
+  runInBackground?: (work: Promise<unknown>) => void;
+}
+
+type Env = { Variables: { principal: Principal } };
+
+export function createApp(deps: AppDeps): Hono {
+  const { sql } = deps;
+  const background = deps.runInBackground ?? inProcess;
+  const api = new Hono<Env>();
+
+  api.use(
+    "*",
+    cors({
+      origin: "*",
+      allowHeaders: ["authorization", "x-client-info", "apikey", "content-type", "idempotency-key"],
+      allowMethods: ["GET", "POST", "OPTIONS"],
+    }),
+  );
+  api.get("/openapi.json", (c) => c.json(openapi));
+  for (const name of FUNCTIONS) {
+    api.use(`/${name}`, async (c, next) => {
+      c.set("principal", await authenticate(deps.auth, c.req.header("authorization")));
+      await next();
+    });
+  }
+
+  api.post("/pitr-snapshot", async (c) => {
+    const body = parse(SnapshotCreate, await readJson(c.req.raw));
+    authorize(c.var.principal, "write", body.tenant_id);
+    const s = await takeSnapshot(sql, {
+      tenantId: body.tenant_id,
+      tables: body.tables,
+      label: body.label,
+      createdBy: c.var.principal.sub ?? c.var.principal.role,
+    });
+    return c.json(snapshotAnswer(s), 201);
+  });
+
+  api.get("/pitr-snapshot", async (c) => {
+    const q = parse(SnapshotList, queryOf(c.req.url));
+    authorize(c.var.principal, "read", q.tenant_id);
+    return c.json({ snapshots: await listSnapshots(sql, q.tenant_id) });
+  });
+
+  api.post("/pitr-validate", async (c) => {
+    const body = parse(ValidateBody, await readJson(c.req.raw));
+    await snapshotFor(c.var.principal, "read", body.snapshot_id);
+    return c.json(await validateSnapshot(sql, body.snapshot_id));
+  });
+
+  api.post("/pitr-plan", async (c) => {
+    const body = parse(PlanBody, await readJson(c.req.raw));
+    await snapshotFor(c.var.principal, "read", body.snapshot_id);
+    const { steps: _s, foreignKeys: _f, ...plan } = await planRestore(sql, {
+      snapshotId: body.snapshot_id,
+      tables: body.tables,
+      strategy: body.strategy,
+    });
+    return c.json(plan);
+  });
+
+  api.post("/pitr-execute", async (c) => {
+    const body = parse(ExecuteBody, await readJson(c.req.raw));
+    const wait = parse(ExecuteQuery, queryOf(c.req.url)).wait === "true";
+    const s = await snapshotFor(c.var.principal, "write", body.snapshot_id);
+    const { id, reused } = await startRestore(
+      sql,
+      c.var.principal,
+      s,
+      body,
+      c.req.header("idempotency-key"),
+    );
+    const run = reused ? Promise.resolve() : executeRestore(sql, id).then(() => {});
+    if (wait) {
+      await run;
+      return c.json(await settled(sql, id), 200);
+    }
+    background(run);
+    const { status } = await getStatus(sql, id);
+    return c.json({ rollback_id: id, status }, 202);
+  });
+
+  api.get("/pitr-status", async (c) => {
+    const q = parse(StatusQuery, queryOf(c.req.url));
+    const status = await getStatus(sql, q.rollback_id);
+    authorize(c.var.principal, "read", status.tenant_id);
+    return c.json(status);
+  });
+
+  api.post("/pitr-drill", async (c) => {
+    const body = parse(DrillBody, await readJson(c.req.raw));
+    const p = c.var.principal;
+    // Every tenant is the service role's to drill; a tenant's admin drills its own.
+    const tenant = body.tenant_id ?? ownTenant(p);
+    requireAction(p, "write");
+    if (tenant !== undefined) requireTenant(p, tenant);
+    else if (p.role !== "service_role") {
+      throw new Forbidden("forbidden_tenant", "only the service role drills every tenant");
+    }
+    return c.json({ drills: await runDrills(sql, tenant) });
+  });
+
+  const app = new Hono();
+  app.onError(onError);
+  app.notFound((c) =>
+    c.json({ error: { code: "not_found", message: `no function at ${c.req.path}` } }, 404)
+  );
+  app.route("/functions/v1", api);
+  app.route("/", api);
+
+  async function snapshotFor(p: Principal, action: "read" | "write", snapshotId: string) {
+    requireAction(p, action);
+    const s = await getSnapshot(sql, snapshotId);
+    requireTenant(p, s.tenant_id);
+    return s;
+  }
+  return app;
+}
+
+function authorize(p: Principal, action: "read" | "write", tenantId: string) {
+  requireAction(p, action);
+  requireTenant(p, tenantId);
+}
+
+function snapshotAnswer(s: Snapshot) {
+  return {
+    snapshot_id: s.snapshot_id,
+    tenant_id: s.tenant_id,
+    label: s.label,
+    created_at: s.created_at,
+    total_rows: s.total_rows,
+    tables: s.tables.map((t) => ({ table: t.name, rows: t.rows, checksum: t.checksum })),
+  };
+}
+
+/**
+ * Checks what can be checked before a restore is recorded (tables of the snapshot: 400; a damaged
+ * or incompatible snapshot: 422), then records it; the database decides the 409.
+ */
+async function startRestore(
+  sql: Sql,
+  p: Principal,
+  s: Snapshot,
+  body: ExecuteBody,
+  idempotencyKey: string | undefined,
+) {
+  const chosen = pickTables(s.tables, body.tables, "a table of this snapshot");
+  const error = firstError(await validateSnapshot(sql, s.snapshot_id, chosen));
+  if (error) {
+    throw new Unprocessable(
+      error.check === "checksum" ? "snapshot_invalid" : "schema_incompatible",
+      error.message,
+      error.table,
+    );
+  }
+  const tables = body.tables?.map(normaliseTableName);
+  const strategy = body.strategy ?? "overwrite";
+  return await createRestore(sql, {
+    snapshotId: s.snapshot_id,
+    tenantId: s.tenant_id,
+    tables,
+    strategy,
+    idempotencyKey: idempotencyKey || undefined,
+    requestHash: await sha256(JSON.stringify([s.snapshot_id, tables ?? null, strategy])),
+    initiatedBy: p.sub ?? p.role,
+  });
+}
+
+/** The status once the restore is no longer pending or running (a reused key's may still be). */
+async function settled(sql: Sql, id: string): Promise<RestoreStatus> {
+  for (;;) {
+    const status = await getStatus(sql, id);
+    if (status.status !== "pending" && status.status !== "running") return status;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+async function sha256(text: string): Promise<string> {
+  const bytes = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function inProcess(work: Promise<unknown>) {
+  // executeRestore records its own failures; this only catches a lost database connection.
+  work.catch((e) => console.error("pitr background restore failed:", (e as Error)?.message));
+}
+
+// Supabase's edge runtime keeps a worker alive until the promises handed to waitUntil settle.
+declare const EdgeRuntime: { waitUntil(work: Promise<unknown>): void } | undefined;
+
+export function edgeOrInProcess(work: Promise<unknown>) {
+  if (typeof EdgeRuntime !== "undefined" && EdgeRuntime?.waitUntil) {
+    EdgeRuntime.waitUntil(
+      work.catch((e) => console.error("pitr background restore failed:", (e as Error)?.message)),
+    );
+  } else {
+    inProcess(work);
+  }
+}
+
+/**
+ * The app as a deployed function builds it: database from SUPABASE_DB_URL / DATABASE_URL, keys
+ * from SUPABASE_JWT_SECRET / SUPABASE_URL. A missing database or a transaction pooler answers
+ * every call with a clear 503 rather than failing at boot with an opaque error.
+ */
+export function appFromEnv(): Hono {
+  const url = configuredDatabaseUrl();
+  const refusal = !url
+    ? new Unavailable("no_database", "set SUPABASE_DB_URL or DATABASE_URL")
+    : transactionPoolerReason(url)
+    ? transactionPoolerError(transactionPoolerReason(url)!)
+    : undefined;
+  if (refusal) {
+    const app = new Hono();
+    app.onError(onError);
+    app.all("*", () => {
+      throw refusal;
+    });
+    return app;
+  }
+  // Two connections at least: the restore's transaction and its progress writes.
+  return createApp({
+    sql: connect(url!, { max: 4 }),
+    auth: authConfigFromEnv(),
+    runInBackground: edgeOrInProcess,
+  });
+}

@@ -1,0 +1,132 @@
+// Who is calling: verifies the bearer JWT (HS256 with the project's secret, or asymmetric keys from
+// its JWKS) and decides what the caller may do. It must never accept an unsigned, expired or
+// unverifiable token, nor let a tenant's user act on another tenant.
+import {
+  createRemoteJWKSet,
+  decodeProtectedHeader,
+  errors as joseErrors,
+  type JWTPayload,
+  jwtVerify,
+  type JWTVerifyGetKey,
+} from "jose";
+import { Forbidden, Unauthorized } from "./errors.ts";
+
+export interface AuthConfig {
+  /** SUPABASE_JWT_SECRET: verifies HS256 tokens (legacy keys, local development). */
+  jwtSecret?: string;
+  /** The key set for asymmetric tokens: `$SUPABASE_URL/auth/v1/.well-known/jwks.json`. */
+  jwks?: JWTVerifyGetKey;
+}
+
+const ASYMMETRIC = ["RS256", "ES256", "EdDSA", "PS256"];
+
+export function jwksUrl(supabaseUrl: string): URL {
+  return new URL("/auth/v1/.well-known/jwks.json", supabaseUrl);
+}
+
+/** From the environment: SUPABASE_JWT_SECRET and, when SUPABASE_URL is set, its JWKS. */
+export function authConfigFromEnv(): AuthConfig {
+  const secret = Deno.env.get("SUPABASE_JWT_SECRET") || undefined;
+  const url = Deno.env.get("SUPABASE_URL") || undefined;
+  return { jwtSecret: secret, jwks: url ? createRemoteJWKSet(jwksUrl(url)) : undefined };
+}
+
+export type Principal =
+  | { role: "service_role"; sub?: string }
+  | { role: "authenticated"; sub?: string; tenantId?: string; pitrRole?: string }
+  | { role: string; sub?: string };
+
+/** Returns the verified caller, or throws 401. */
+export async function authenticate(
+  config: AuthConfig,
+  authorization: string | undefined,
+): Promise<Principal> {
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? "");
+  if (!match) {
+    throw new Unauthorized("missing_token", "an Authorization: Bearer <JWT> header is required");
+  }
+  const token = match[1];
+  let alg: string | undefined;
+  try {
+    alg = decodeProtectedHeader(token).alg;
+  } catch {
+    throw new Unauthorized("invalid_token", "the bearer token is not a JWT");
+  }
+  let payload: JWTPayload;
+  try {
+    if (alg === "HS256" && config.jwtSecret) {
+      ({ payload } = await jwtVerify(token, new TextEncoder().encode(config.jwtSecret), {
+        algorithms: ["HS256"],
+      }));
+    } else if (alg && ASYMMETRIC.includes(alg) && config.jwks) {
+      ({ payload } = await jwtVerify(token, config.jwks, { algorithms: ASYMMETRIC }));
+    } else {
+      // alg "none", an algorithm we were given no key for, or no key at all.
+      throw new Unauthorized(
+        "invalid_token",
+        `tokens signed with ${alg ?? "no algorithm"} are not accepted`,
+      );
+    }
+  } catch (e) {
+    if (e instanceof Unauthorized) throw e;
+    if (e instanceof joseErrors.JWTExpired) {
+      throw new Unauthorized("token_expired", "the bearer token has expired");
+    }
+    if (e instanceof joseErrors.JWKSTimeout || e instanceof joseErrors.JWKSInvalid) throw e;
+    if (e instanceof joseErrors.JOSEError) {
+      throw new Unauthorized("invalid_token", "the bearer token could not be verified");
+    }
+    throw e;
+  }
+  if (typeof payload.exp !== "number") {
+    throw new Unauthorized("invalid_token", "the bearer token has no expiry");
+  }
+  const role = typeof payload.role === "string" ? payload.role : "";
+  const sub = typeof payload.sub === "string" ? payload.sub : undefined;
+  if (role === "authenticated") {
+    const meta = (payload.app_metadata ?? {}) as Record<string, unknown>;
+    const tenant = meta.tenant_id;
+    return {
+      role,
+      sub,
+      tenantId: typeof tenant === "string" || typeof tenant === "number"
+        ? String(tenant)
+        : undefined,
+      pitrRole: typeof meta.pitr_role === "string" ? meta.pitr_role : undefined,
+    };
+  }
+  return { role, sub };
+}
+
+/** `read`: list, validate, plan, status (viewer or admin). `write`: snapshot, execute, drill (admin). */
+export type Action = "read" | "write";
+
+/** The role check, before any lookup: a viewer is refused execute whatever the snapshot. */
+export function requireAction(p: Principal, action: Action): void {
+  if (p.role === "service_role") return;
+  if (p.role !== "authenticated") {
+    throw new Forbidden("forbidden", `role ${p.role || "(none)"} may not use pitr`);
+  }
+  const pitrRole = (p as { pitrRole?: string }).pitrRole;
+  if (pitrRole === "admin") return;
+  if (pitrRole === "viewer" && action === "read") return;
+  throw new Forbidden(
+    "forbidden",
+    pitrRole === "viewer"
+      ? "a viewer may list, validate, plan and read status, not change anything"
+      : "app_metadata.pitr_role must be admin or viewer",
+  );
+}
+
+/** The tenant check, once the tenant the call acts on is known. */
+export function requireTenant(p: Principal, tenantId: string): void {
+  if (p.role === "service_role") return;
+  const own = (p as { tenantId?: string }).tenantId;
+  if (p.role === "authenticated" && own !== undefined && own === tenantId) return;
+  throw new Forbidden("forbidden_tenant", "this token may not act on that tenant");
+}
+
+/** The tenant of an authenticated caller, for calls that default to it (a drill). */
+export function ownTenant(p: Principal): string | undefined {
+  return p.role === "authenticated" ? (p as { tenantId?: string }).tenantId : undefined;
+}

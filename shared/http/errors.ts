@@ -1,0 +1,53 @@
+// The one place where a thrown error becomes an HTTP answer: `{ "error": { "code", "message" } }`.
+// It must never put SQL text, query parameters or row values into an answer or a log line.
+import type { Context } from "hono";
+import { HTTPException } from "hono/http-exception";
+import { PitrError } from "../restore/errors.ts";
+
+/** No token, or one that is expired, forged, unsigned or unreadable. */
+export class Unauthorized extends PitrError {
+  constructor(code: string, message: string) {
+    super(code, message, 401);
+  }
+}
+
+/** A valid token whose role or tenant may not do this. */
+export class Forbidden extends PitrError {
+  constructor(code: string, message: string) {
+    super(code, message, 403);
+  }
+}
+
+/** The service cannot work with its configuration (a transaction pooler, no JWT key). */
+export class Unavailable extends PitrError {
+  constructor(code: string, message: string) {
+    super(code, message, 503);
+  }
+}
+
+export function errorBody(code: string, message: string) {
+  return { error: { code, message } };
+}
+
+/** hono's onError: PitrError keeps its status and code; anything else is a logged 500. */
+export function onError(err: Error, c: Context): Response {
+  if (err instanceof PitrError && err.status < 500) {
+    return c.json(errorBody(err.code, err.message), err.status as 400);
+  }
+  if (err instanceof PitrError && err.status === 503) {
+    return c.json(errorBody(err.code, err.message), 503);
+  }
+  if (err instanceof HTTPException && err.status < 500) {
+    return c.json(errorBody("bad_request", err.message || "bad request"), err.status);
+  }
+  const id = crypto.randomUUID();
+  // The code and message only: a PostgreSQL error's detail and a query's parameters can hold
+  // tenant rows.
+  const sqlstate = (err as { code?: unknown })?.code;
+  console.error(
+    `pitr internal error ${id}: ${err?.name ?? "Error"}`,
+    typeof sqlstate === "string" ? sqlstate : "",
+    err?.message,
+  );
+  return c.json(errorBody("internal", `internal error ${id}`), 500);
+}
