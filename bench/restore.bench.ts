@@ -1,0 +1,342 @@
+// `deno task bench [--quick]`: measures the restore engine against what PostgreSQL does with the
+// same rows (issue 4), in a fresh database it drops at the end. It must never assert a goal.
+import { configuredDatabaseUrl, connect, type Sql } from "../shared/db/client.ts";
+import { startEmbedded } from "../shared/db/embedded.ts";
+import { migrate } from "../shared/db/migrate.ts";
+import { executeRestore } from "../shared/restore/execute.ts";
+import { createRestore } from "../shared/restore/history.ts";
+import { planRestore } from "../shared/restore/plan.ts";
+import { type Snapshot, takeSnapshot } from "../shared/restore/snapshot.ts";
+import { CopyFiles, copyIn, copyOut, removeFiles } from "./baseline.ts";
+import {
+  applyDrift,
+  createSchema,
+  deleteTenant,
+  loadTenant,
+  rowsOf,
+  scaled,
+  type Sizes,
+  sourceBytesPerRow,
+  vacuum,
+} from "./dataset.ts";
+import { OtherTenantWriter } from "./other_tenant.ts";
+import { type Figure, printReport } from "./report.ts";
+import { fmt, fmtSummary, MB, peakRss, percentile, summarise, timed } from "./stats.ts";
+
+const quick = Deno.args.includes("--quick");
+const REPS = 3;
+const TENANTS = quick ? 3 : 10;
+const SIZES: Sizes = quick
+  ? { users: 1_000, campaigns: 100, enrollments: 10_000 }
+  : { users: 10_000, campaigns: 1_000, enrollments: 100_000 };
+/** The tenant with ten times the rows, for the memory figure. */
+const BIG_TENANT = 100;
+const BIG_SIZES = scaled(SIZES, 10);
+/** The tenant measured, and the other tenant whose writes go on during its restores. */
+const MEASURED = 1;
+const OTHER = 2;
+
+const log = (msg: string) => console.error(`[bench] ${msg}`);
+
+function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+/** A restore as the API runs it: record it, execute it; anything but completed is a failure. */
+async function restore(sql: Sql, snapshotId: string, tenant: number): Promise<void> {
+  const { id } = await createRestore(sql, {
+    snapshotId,
+    tenantId: String(tenant),
+    strategy: "overwrite",
+  });
+  const status = await executeRestore(sql, id);
+  if (status.status !== "completed") {
+    throw new Error(`restore ${id} ended ${status.status}: ${JSON.stringify(status.error)}`);
+  }
+  // The undo snapshot is part of the restore's cost, but keeping it would only grow the store.
+  if (status.undo_snapshot_id) await sql`select pitr.drop_snapshot(${status.undo_snapshot_id})`;
+}
+
+async function storeBytes(sql: Sql, snapshotId: string): Promise<number> {
+  const [r] = await sql<{ bytes: string }[]>`
+    select coalesce(sum(pg_total_relation_size(format('pitr_store.%I', store_table)::regclass)), 0)
+      as bytes
+    from public.backup_snapshot_tables where snapshot_id = ${snapshotId}`;
+  return Number(r.bytes);
+}
+
+async function tenantRows(sql: Sql, tenant: number): Promise<number> {
+  const [r] = await sql<{ n: string }[]>`select
+    (select count(*) from public.users where tenant_id = ${tenant})
+    + (select count(*) from public.campaigns where tenant_id = ${tenant})
+    + (select count(*) from public.enrollments where tenant_id = ${tenant}) as n`;
+  return Number(r.n);
+}
+
+function expectRows(what: string, got: number, want: number) {
+  if (got !== want) throw new Error(`${what}: ${got} rows, expected ${want}`);
+}
+
+async function run(sql: Sql, url: string, files: CopyFiles): Promise<void> {
+  const rows = rowsOf(SIZES);
+  const bigRows = rowsOf(BIG_SIZES);
+
+  // The dataset.
+  const load = await timed(async () => {
+    await migrate(sql);
+    await createSchema(sql);
+    for (let t = 1; t <= TENANTS; t++) await loadTenant(sql, t, SIZES);
+    await loadTenant(sql, BIG_TENANT, BIG_SIZES);
+    await vacuum(sql);
+  });
+  const source = await sourceBytesPerRow(sql);
+  log(
+    `loaded ${TENANTS} tenants of ${fmt(rows)} rows and one of ${fmt(bigRows)} ` +
+      `(${fmt(source.rows)} rows, ${fmt(source.bytes / MB)} MB) in ${load.seconds.toFixed(1)} s`,
+  );
+
+  // 1. Snapshot vs COPY TO; one warm-up of each first, not counted.
+  await copyOut(sql, MEASURED, files);
+  const warm = await takeSnapshot(sql, { tenantId: String(MEASURED) });
+  await sql`select pitr.drop_snapshot(${warm.snapshot_id})`;
+  const copyTo: number[] = [];
+  const snap: number[] = [];
+  const snapshots: Snapshot[] = [];
+  for (let i = 0; i < REPS; i++) {
+    const c = await timed(() => copyOut(sql, MEASURED, files));
+    expectRows("COPY TO", c.value, rows);
+    copyTo.push(c.seconds);
+    const s = await timed(() => takeSnapshot(sql, { tenantId: String(MEASURED) }));
+    expectRows("snapshot", s.value.total_rows, rows);
+    snap.push(s.seconds);
+    snapshots.push(s.value);
+  }
+  log(
+    `snapshot ${fmtSummary(summarise(snap), "s")}, COPY TO ${fmtSummary(summarise(copyTo), "s")}`,
+  );
+
+  // 5, 6. Storage: the first snapshot against the source; the second (nothing changed in
+  // between) against the first.
+  const [first, second] = snapshots;
+  const firstBytes = await storeBytes(sql, first.snapshot_id);
+  const secondBytes = await storeBytes(sql, second.snapshot_id);
+  for (const s of snapshots.slice(2)) await sql`select pitr.drop_snapshot(${s.snapshot_id})`;
+
+  // 2 (and the 100k side of 7). Full restore of the emptied tenant vs COPY FROM the same rows.
+  const copyFrom: number[] = [];
+  const full: number[] = [];
+  const rssSmall: number[] = [];
+  let rssFloor = Infinity;
+  for (let i = 0; i < REPS; i++) {
+    await deleteTenant(sql, MEASURED);
+    await vacuum(sql);
+    const c = await timed(() => copyIn(sql, files));
+    expectRows("COPY FROM", c.value, rows);
+    copyFrom.push(c.seconds);
+
+    await deleteTenant(sql, MEASURED);
+    await vacuum(sql);
+    const r = await timed(() => peakRss(() => restore(sql, first.snapshot_id, MEASURED)));
+    full.push(r.seconds);
+    rssSmall.push(r.value.peak);
+    rssFloor = Math.min(rssFloor, r.value.before);
+    expectRows("after the full restore", await tenantRows(sql, MEASURED), rows);
+  }
+  log(
+    `full restore ${fmtSummary(summarise(full), "s")}, COPY FROM ` +
+      fmtSummary(summarise(copyFrom), "s"),
+  );
+
+  // 3, 4. 5% drift: plan it (the diff), then restore it.
+  const plan: number[] = [];
+  const drift: number[] = [];
+  let drifted = 0;
+  let planned = "";
+  for (let i = 0; i < REPS; i++) {
+    drifted = await applyDrift(sql, MEASURED, SIZES);
+    await vacuum(sql);
+    const p = await timed(() => planRestore(sql, { snapshotId: first.snapshot_id }));
+    const t = p.value.totals;
+    if (t.insert + t.update + t.delete === 0) {
+      throw new Error("the plan of a drifted tenant is empty");
+    }
+    planned =
+      `insert ${t.insert}, update ${t.update}, delete ${t.delete}, unchanged ${t.unchanged}`;
+    plan.push(p.seconds);
+    const r = await timed(() => restore(sql, first.snapshot_id, MEASURED));
+    drift.push(r.seconds);
+    expectRows("after the drift restore", await tenantRows(sql, MEASURED), rows);
+  }
+  log(`drift of ${drifted} rows (${((100 * drifted) / rows).toFixed(1)}%), plan: ${planned}`);
+  log(
+    `plan ${fmtSummary(summarise(plan), "s")}, drift restore ${fmtSummary(summarise(drift), "s")}`,
+  );
+
+  // 7. Memory of this process during the restore of the big tenant.
+  const big = await takeSnapshot(sql, { tenantId: String(BIG_TENANT) });
+  expectRows("big snapshot", big.total_rows, bigRows);
+  const rssBig: number[] = [];
+  const bigRestore: number[] = [];
+  for (let i = 0; i < REPS; i++) {
+    await deleteTenant(sql, BIG_TENANT);
+    await vacuum(sql);
+    const r = await timed(() => peakRss(() => restore(sql, big.snapshot_id, BIG_TENANT)));
+    rssBig.push(r.value.peak);
+    rssFloor = Math.min(rssFloor, r.value.before);
+    bigRestore.push(r.seconds);
+    expectRows("after the big restore", await tenantRows(sql, BIG_TENANT), bigRows);
+  }
+  log(`big restore ${fmtSummary(summarise(bigRestore), "s")}`);
+
+  // 8. Another tenant's single-row updates, alone and during a full restore.
+  const writer = await OtherTenantWriter.open(url, OTHER);
+  const p99Alone: number[] = [];
+  const p99During: number[] = [];
+  let updatesDuring = 0;
+  const window = Math.max(1, summarise(full).median);
+  try {
+    await writer.run({ maxCount: 200, maxSeconds: 2 }); // warm-up
+    for (let i = 0; i < REPS; i++) {
+      const alone = await writer.run({ maxCount: 20_000, maxSeconds: window });
+      p99Alone.push(percentile(alone, 99));
+
+      await deleteTenant(sql, MEASURED);
+      await vacuum(sql);
+      let done = false;
+      const restoring = restore(sql, first.snapshot_id, MEASURED).finally(() => done = true);
+      const [during] = await Promise.all([
+        writer.run({ maxCount: 20_000, maxSeconds: 10 * window + 60, stop: () => done }),
+        restoring,
+      ]);
+      if (during.length === 0) {
+        throw new Error("no update of the other tenant ran during a restore");
+      }
+      updatesDuring += during.length;
+      p99During.push(percentile(during, 99));
+    }
+  } finally {
+    await writer.close();
+  }
+  log(
+    `other tenant p99 alone ${fmtSummary(summarise(p99Alone), "ms")}, during ` +
+      `${fmtSummary(summarise(p99During), "ms")} (${
+        Math.round(updatesDuring / REPS)
+      } updates a restore)`,
+  );
+
+  // The figures.
+  const s = (xs: number[]) => summarise(xs);
+  const perSecond = (n: number, xs: number[]) => s(xs.map((x) => n / x));
+  const mb = (xs: number[]) => s(xs.map((x) => x / MB));
+  const sourcePerRow = source.bytes / source.rows;
+  const firstPerRow = firstBytes / first.total_rows;
+  const figures: Figure[] = [
+    {
+      key: "snapshot_vs_copy",
+      figure: `snapshot of one tenant (${fmt(rows)} rows), rows/s`,
+      engine: fmtSummary(perSecond(rows, snap)),
+      baseline: "COPY TO binary " + fmtSummary(perSecond(rows, copyTo)),
+      ratio: perSecond(rows, snap).median / perSecond(rows, copyTo).median,
+    },
+    {
+      key: "restore_vs_copy",
+      figure: "full restore of an emptied tenant, rows/s (verified)",
+      engine: fmtSummary(perSecond(rows, full)),
+      baseline: "COPY FROM binary, replica " + fmtSummary(perSecond(rows, copyFrom)),
+      ratio: perSecond(rows, full).median / perSecond(rows, copyFrom).median,
+    },
+    {
+      key: "drift_vs_full",
+      figure: `restore of a 5% drift (${drifted} rows), s`,
+      engine: fmtSummary(s(drift)),
+      baseline: "full restore " + fmtSummary(s(full)),
+      ratio: s(drift).median / s(full).median,
+    },
+    {
+      key: "plan_vs_copy",
+      figure: "plan (diff) of one tenant, s",
+      engine: fmtSummary(s(plan)),
+      baseline: "COPY TO " + fmtSummary(s(copyTo)),
+      ratio: s(plan).median / s(copyTo).median,
+    },
+    {
+      key: "storage_vs_source",
+      figure: "snapshot storage, bytes/row",
+      engine: fmt(firstPerRow),
+      baseline: `source tables ${fmt(sourcePerRow)}`,
+      ratio: firstPerRow / sourcePerRow,
+    },
+    {
+      key: "second_snapshot_vs_first",
+      figure: "second snapshot of an unchanged tenant, bytes",
+      engine: fmt(secondBytes),
+      baseline: `first snapshot ${fmt(firstBytes)}`,
+      ratio: secondBytes / firstBytes,
+    },
+    {
+      key: "peak_rss_mb_1m",
+      figure: `peak RSS, restore of ${fmt(bigRows)} rows, MB`,
+      engine: fmtSummary(mb(rssBig)),
+      baseline: `process before a restore ${fmt(rssFloor / MB)}`,
+      ratio: mb(rssBig).median,
+    },
+    {
+      key: "rss_1m_vs_100k",
+      figure: `peak RSS ${fmt(bigRows)} vs ${fmt(rows)} rows`,
+      engine: fmtSummary(mb(rssBig), "MB"),
+      baseline: fmtSummary(mb(rssSmall), "MB"),
+      ratio: mb(rssBig).median / mb(rssSmall).median,
+    },
+    {
+      key: "other_tenant_p99_ratio",
+      figure: "other tenant's 1-row UPDATE p99 during a restore, ms",
+      engine: fmtSummary(s(p99During)),
+      baseline: "no restore " + fmtSummary(s(p99Alone)),
+      ratio: s(p99During).median / s(p99Alone).median,
+    },
+  ];
+  const [{ version }] = await sql<{ version: string }[]>`select version()`;
+  printReport(figures, [
+    `pitr restore benchmark${quick ? " (--quick)" : ""}: ${TENANTS} tenants of ${fmt(rows)} rows ` +
+    `(${SIZES.users} users, ${SIZES.campaigns} campaigns, ${SIZES.enrollments} enrollments) ` +
+    `+ one of ${fmt(bigRows)}; ${REPS} repetitions each`,
+    `${version.split(",")[0]}; ${navigator.hardwareConcurrency} CPUs; Deno ${Deno.version.deno}`,
+  ]);
+}
+
+async function main(): Promise<number> {
+  const started = performance.now();
+  const configured = configuredDatabaseUrl();
+  const server = configured ? undefined : await startEmbedded(".pitr/bench-pg");
+  const adminUrl = configured ?? server!.url;
+  const admin = connect(adminUrl, { max: 1 });
+  const name = `pitr_bench_${crypto.randomUUID().slice(0, 8)}`;
+  const files = new CopyFiles();
+  let sql: Sql | undefined;
+  let code = 0;
+  try {
+    await admin`create database ${admin(name)}`;
+    const url = withDatabase(adminUrl, name);
+    sql = connect(url, { max: 4 });
+    await run(sql, url, files);
+  } catch (e) {
+    console.error("[bench] failed:", e);
+    code = 1;
+  } finally {
+    if (sql) {
+      await removeFiles(sql, files);
+      await sql.end({ timeout: 5 });
+    }
+    await admin`drop database if exists ${admin(name)} with (force)`.catch((e) => {
+      console.error(`[bench] could not drop ${name}:`, e);
+    });
+    await admin.end({ timeout: 5 });
+    await server?.stop();
+  }
+  log(`finished in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  return code;
+}
+
+Deno.exit(await main());
