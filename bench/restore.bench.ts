@@ -79,7 +79,12 @@ function expectRows(what: string, got: number, want: number) {
   if (got !== want) throw new Error(`${what}: ${got} rows, expected ${want}`);
 }
 
-async function run(sql: Sql, url: string, files: CopyFiles): Promise<void> {
+interface Report {
+  figures: Figure[];
+  header: string[];
+}
+
+async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
   const rows = rowsOf(SIZES);
   const bigRows = rowsOf(BIG_SIZES);
 
@@ -298,12 +303,17 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<void> {
     },
   ];
   const [{ version }] = await sql<{ version: string }[]>`select version()`;
-  printReport(figures, [
-    `pitr restore benchmark${quick ? " (--quick)" : ""}: ${TENANTS} tenants of ${fmt(rows)} rows ` +
-    `(${SIZES.users} users, ${SIZES.campaigns} campaigns, ${SIZES.enrollments} enrollments) ` +
-    `+ one of ${fmt(bigRows)}; ${REPS} repetitions each`,
-    `${version.split(",")[0]}; ${navigator.hardwareConcurrency} CPUs; Deno ${Deno.version.deno}`,
-  ]);
+  return {
+    figures,
+    header: [
+      `pitr restore benchmark${quick ? " (--quick)" : ""}: ${TENANTS} tenants of ${
+        fmt(rows)
+      } rows ` +
+      `(${SIZES.users} users, ${SIZES.campaigns} campaigns, ${SIZES.enrollments} enrollments) ` +
+      `+ one of ${fmt(bigRows)}; ${REPS} repetitions each`,
+      `${version.split(",")[0]}; ${navigator.hardwareConcurrency} CPUs; Deno ${Deno.version.deno}`,
+    ],
+  };
 }
 
 async function main(): Promise<number> {
@@ -316,11 +326,12 @@ async function main(): Promise<number> {
   const files = new CopyFiles();
   let sql: Sql | undefined;
   let code = 0;
+  let report: Report | undefined;
   try {
     await admin`create database ${admin(name)}`;
     const url = withDatabase(adminUrl, name);
     sql = connect(url, { max: 4 });
-    await run(sql, url, files);
+    report = await run(sql, url, files);
   } catch (e) {
     console.error("[bench] failed:", e);
     code = 1;
@@ -336,6 +347,8 @@ async function main(): Promise<number> {
     await server?.stop();
   }
   log(`finished in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  // The report last, after the clean-up, so the run's final line is the JSON.
+  if (report) printReport(report.figures, report.header);
   return code;
 }
 
