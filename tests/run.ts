@@ -2,11 +2,17 @@
 // real PostgreSQL 17 started from npm. It builds one migrated template database per run of the
 // migrations, from which each test file clones its own database.
 import { configuredDatabaseUrl, connect } from "../shared/db/client.ts";
-import { startEmbedded } from "../shared/db/embedded.ts";
+import { DataDirInUse, startEmbedded } from "../shared/db/embedded.ts";
 import { migrate, readMigrations } from "../shared/db/migrate.ts";
 
 const configured = configuredDatabaseUrl();
-const server = configured ? undefined : await startEmbedded(".pitr/test-pg");
+// Two test runs at once (two terminals, an editor) each get a cluster: the second a throwaway one.
+let ownDir: string | undefined;
+const server = configured ? undefined : await startEmbedded(".pitr/test-pg").catch((e) => {
+  if (!(e instanceof DataDirInUse)) throw e;
+  ownDir = `.pitr/test-pg-${Deno.pid}`;
+  return startEmbedded(ownDir);
+});
 const adminUrl = configured ?? server!.url;
 
 const migrations = await readMigrations();
@@ -37,6 +43,7 @@ const command = new Deno.Command(Deno.execPath(), {
 });
 const { code } = await command.output();
 await server?.stop();
+if (ownDir) await Deno.remove(ownDir, { recursive: true }).catch(() => {});
 Deno.exit(code);
 
 function withDatabase(url: string, database: string): string {

@@ -12,11 +12,22 @@ export function configuredDatabaseUrl(): string | undefined {
   return Deno.env.get("SUPABASE_DB_URL") || Deno.env.get("DATABASE_URL") || undefined;
 }
 
+const urls = new WeakMap<Sql, string>();
+
+/** The URL a client was made from, to open a dedicated session to the same database. */
+export function urlOf(sql: Sql): string {
+  const url = urls.get(sql);
+  if (!url) throw new Error("this client was not made by connect()");
+  return url;
+}
+
 export function connect(url: string, options: { max?: number } = {}): Sql {
-  return postgres(url, {
+  const sql = postgres(url, {
     max: options.max ?? 10,
     onnotice: () => {},
     // Tenant ids travel as text; bigint counts come back as strings, read them with Number().
     connection: { application_name: "pitr" },
   });
+  urls.set(sql, url);
+  return sql;
 }

@@ -23,6 +23,18 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+export class DataDirInUse extends Error {}
+
+/** The postmaster.pid of a live server (Linux: its /proc entry exists). */
+async function runningPostmaster(dataDir: string): Promise<boolean> {
+  try {
+    const pid = (await Deno.readTextFile(`${dataDir}/postmaster.pid`)).split("\n")[0].trim();
+    return pid !== "" && await exists(`/proc/${pid}`);
+  } catch {
+    return false;
+  }
+}
+
 /** Starts (initialising on first use) a cluster whose files live in `dataDir`. */
 export async function startEmbedded(dataDir: string, port?: number): Promise<EmbeddedServer> {
   const chosen = port ?? freePort();
@@ -44,7 +56,10 @@ export async function startEmbedded(dataDir: string, port?: number): Promise<Emb
     await Deno.mkdir(absolute.substring(0, absolute.lastIndexOf("/")), { recursive: true });
     await pg.initialise();
   }
-  // A previous run killed hard leaves a stale lock file behind.
+  if (await runningPostmaster(absolute)) {
+    throw new DataDirInUse(`another PostgreSQL is running on ${absolute}`);
+  }
+  // A run killed hard leaves a stale lock file behind; its server is gone (checked above).
   await Deno.remove(`${absolute}/postmaster.pid`).catch(() => {});
   await pg.start();
   return {

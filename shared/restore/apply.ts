@@ -1,7 +1,7 @@
 // Applies a snapshot to the live tables inside a transaction the caller holds, and verifies the
 // result before the caller commits. It must never take a lock stronger than ROW EXCLUSIVE on a
 // shared table, alter a constraint or disable a trigger for other sessions.
-import type { TransactionSql } from "../db/client.ts";
+import type { Db } from "../db/client.ts";
 import { RestoreFailed, Unprocessable } from "./errors.ts";
 import { type Plan, planRestore, type Strategy } from "./plan.ts";
 import { getSnapshot, snapshotIn } from "./snapshot.ts";
@@ -39,7 +39,7 @@ export interface Applied {
 }
 
 export async function applySnapshot(
-  tx: TransactionSql,
+  tx: Db,
   snapshotId: string,
   options: ApplyOptions,
 ): Promise<Applied> {

@@ -1,6 +1,7 @@
 // Drills: restore a tenant's latest snapshot in a transaction that is always rolled back, to
 // prove the backup restores and to time it. It must never leave a change behind but its record.
 import type { Sql } from "../db/client.ts";
+import { transaction } from "../db/transaction.ts";
 import { applySnapshot } from "./apply.ts";
 import { refreshForeignKeys } from "./catalog.ts";
 import { describeFailure } from "./failure.ts";
@@ -49,7 +50,7 @@ async function drillTenant(sql: Sql, tenantId: string): Promise<DrillResult> {
     };
   } else {
     try {
-      await sql.begin(async (tx) => {
+      await transaction(sql, async (tx) => {
         const applied = await applySnapshot(tx, latest.id, { strategy: "overwrite", drill: true });
         throw new RollBack(
           applied.plan.steps.reduce((n, t) => n + t.rows, 0),

@@ -55,7 +55,6 @@ export const PG = {
   CHECK_VIOLATION: "23514",
   LOCK_NOT_AVAILABLE: "55P03",
   QUERY_CANCELED: "57014",
-  ADMIN_SHUTDOWN: "57P01",
   DEADLOCK_DETECTED: "40P01",
   SERIALIZATION_FAILURE: "40001",
   // Raised by the engine's own SQL functions (supabase/migrations/*_pitr_engine.sql).

@@ -1,5 +1,6 @@
 // Turns any error thrown during a restore into the code, message and table recorded for it.
 // It must never put SQL text or row values into the recorded message.
+import { isConnectionLost } from "../db/transaction.ts";
 import { PG, PitrError, sqlState } from "./errors.ts";
 
 export interface Failure {
@@ -9,10 +10,18 @@ export interface Failure {
 }
 
 export function describeFailure(error: unknown): Failure {
-  const table = (error as { table?: string; pitrTable?: string })?.table ??
+  const table = (error as { table?: string })?.table ??
     (error as { pitrTable?: string })?.pitrTable;
   const where = table ? ` (table ${table})` : "";
+  const constraint = (error as { constraint_name?: string })?.constraint_name ?? "";
   if (error instanceof PitrError) return { code: error.code, message: error.message, table };
+  if (isConnectionLost(error)) {
+    return {
+      code: "connection_lost",
+      message: `the restore's database session ended; its transaction was rolled back${where}`,
+      table,
+    };
+  }
   switch (sqlState(error)) {
     case PG.LOCK_NOT_AVAILABLE:
       return {
@@ -30,17 +39,13 @@ export function describeFailure(error: unknown): Failure {
     case PG.UNIQUE_VIOLATION:
       return {
         code: "key_conflict",
-        message: `a restored row collides with an existing row on a unique key${where}: ${
-          (error as { constraint_name?: string }).constraint_name ?? "unique constraint"
-        }`,
+        message: `a restored row collides with an existing row on unique key ${constraint}${where}`,
         table,
       };
     case PG.CHECK_VIOLATION:
       return {
         code: "constraint_violation",
-        message: `a restored row violates check constraint ${
-          (error as { constraint_name?: string }).constraint_name ?? ""
-        }${where}`,
+        message: `a restored row violates check constraint ${constraint}${where}`,
         table,
       };
     case PG.NOT_NULL_VIOLATION:

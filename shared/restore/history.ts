@@ -1,9 +1,29 @@
 // The restore's history row: created pending, then running with progress, then an outcome.
 // Progress is written on the pool, never on the restore's own transaction, whose writes stay
 // invisible until commit.
-import type { Sql } from "../db/client.ts";
-import { Conflict, NotFound, PG, sqlState } from "./errors.ts";
+import type { Db, Sql } from "../db/client.ts";
+import { Conflict, NotFound, PG, PitrError, sqlState } from "./errors.ts";
 import type { Strategy } from "./plan.ts";
+
+/** How often a running restore proves it is alive, and when silence means it died. */
+export const HEARTBEAT_MS = Number(Deno.env.get("PITR_HEARTBEAT_MS") ?? 5000);
+export function staleAfterMs(): number {
+  return Number(Deno.env.get("PITR_HEARTBEAT_STALE_MS") ?? 30_000);
+}
+
+/** Records abandoned restores of a tenant (or of all tenants) as failed. */
+export async function reapAbandoned(sql: Db, tenantId: string | null): Promise<number> {
+  const [{ n }] = await sql<{ n: number }[]>`
+    select pitr.reap_abandoned(${tenantId}, ${`${staleAfterMs()} milliseconds`}::interval) as n`;
+  return n;
+}
+
+/** Thrown inside a restore when its cancel was requested; the transaction rolls back. */
+export class Cancelled extends PitrError {
+  constructor() {
+    super("cancelled", "the restore was cancelled and rolled back", 409);
+  }
+}
 
 export interface RestoreRequest {
   snapshotId: string;
@@ -37,6 +57,7 @@ export async function createRestore(
       return { id: prior.id, reused: true };
     }
   }
+  await reapAbandoned(sql, r.tenantId);
   try {
     const [row] = await sql<{ id: string }[]>`
       insert into public.backup_pitr_rollback_history
@@ -68,12 +89,20 @@ export class Progress {
   private total = 1;
   constructor(private sql: Sql, readonly rollbackId: string) {}
 
-  async start(txid: string) {
-    await this.sql`update public.backup_pitr_rollback_history
-      set status = 'running', started_at = coalesce(started_at, clock_timestamp()),
-        heartbeat_at = clock_timestamp(), current_step = 'preparing',
+  /** Moves pending to running; false when the restore is no longer pending (cancelled). */
+  async start(txid: string, backendPid: number): Promise<boolean> {
+    const rows = await this.sql`update public.backup_pitr_rollback_history
+      set status = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
+        current_step = 'preparing', backend_pid = ${backendPid},
         transaction_ids = transaction_ids || ${txid}::text
-      where id = ${this.rollbackId}`;
+      where id = ${this.rollbackId} and status = 'pending' and cancel_requested_at is null
+      returning id`;
+    return rows.length === 1;
+  }
+
+  async beat() {
+    await this.sql`update public.backup_pitr_rollback_history set heartbeat_at = clock_timestamp()
+      where id = ${this.rollbackId} and status = 'running'`;
   }
 
   async planned(rowsTotal: number, fks: unknown, undoSnapshotId: string | null) {
@@ -84,35 +113,86 @@ export class Progress {
       where id = ${this.rollbackId}`;
   }
 
-  /** Adds rows to the work done and appends a step; progress stays below 100 until the end. */
+  /**
+   * Adds rows to the work done and appends a step; progress stays below 100 until the end.
+   * Throws Cancelled when a cancel was requested, so the restore stops between statements too.
+   */
   async advance(step: Omit<Step, "at">, rows: number) {
     this.rowsDone += rows;
     const pct = Math.min(99, Math.floor((this.rowsDone / this.total) * 10000) / 100);
     const entry = { ...step, at: new Date().toISOString() };
-    await this.sql`update public.backup_pitr_rollback_history
+    const [r] = await this.sql<{ cancel: boolean }[]>`update public.backup_pitr_rollback_history
       set rows_done = ${this.rowsDone}, progress_pct = ${pct},
         current_step = ${step.table ? `${step.step} ${step.table}` : step.step},
         restoration_steps = restoration_steps || ${this.sql.json([entry])},
         heartbeat_at = clock_timestamp()
-      where id = ${this.rollbackId}`;
+      where id = ${this.rollbackId}
+      returning cancel_requested_at is not null as cancel`;
+    if (r?.cancel) throw new Cancelled();
   }
 
-  async completed(tables: string[]) {
-    await this.sql`update public.backup_pitr_rollback_history
+  /** Written inside the restore's transaction, so "completed" commits with the restore itself. */
+  async completedIn(tx: Db, tables: string[]) {
+    await tx`update public.backup_pitr_rollback_history
       set status = 'completed', progress_pct = 100, rows_done = coalesce(rows_total, rows_done),
         current_step = 'completed', tables_restored = ${tables},
         completed_at = clock_timestamp(), heartbeat_at = clock_timestamp()
       where id = ${this.rollbackId}`;
   }
 
-  async failed(code: string, message: string, table: string | undefined) {
+  async cancelRequested(): Promise<boolean> {
+    const [r] = await this.sql<{ cancel: boolean }[]>`
+      select cancel_requested_at is not null as cancel from public.backup_pitr_rollback_history
+      where id = ${this.rollbackId}`;
+    return r?.cancel ?? false;
+  }
+
+  async failed(
+    status: "failed" | "cancelled",
+    code: string,
+    message: string,
+    table: string | undefined,
+  ) {
     await this.sql`update public.backup_pitr_rollback_history
-      set status = 'failed', current_step = 'failed', error_code = ${code},
+      set status = ${status}, current_step = ${status}, error_code = ${code},
         error_message = ${message}, error_table = ${table ?? null},
         undo_snapshot_id = null, tables_restored = '{}',
         completed_at = clock_timestamp(), heartbeat_at = clock_timestamp()
-      where id = ${this.rollbackId}`;
+      where id = ${this.rollbackId} and status in ('pending', 'running')`;
   }
+}
+
+/**
+ * Cancels a pending or running restore: a pending one is marked cancelled at once; a running
+ * one has its current statement interrupted and rolls back, then records cancelled. Returns the
+ * status once the restore has stopped (or after a few seconds).
+ */
+export async function cancelRestore(sql: Sql, rollbackId: string): Promise<RestoreStatus> {
+  const current = await getStatus(sql, rollbackId);
+  if (current.status !== "pending" && current.status !== "running") return current;
+  const [r] = await sql<{ status: string; backend_pid: number | null }[]>`
+    update public.backup_pitr_rollback_history
+    set cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
+      status = case when status = 'pending' then 'cancelled' else status end,
+      current_step = case when status = 'pending' then 'cancelled' else current_step end,
+      error_code = case when status = 'pending' then 'cancelled' else error_code end,
+      error_message = case when status = 'pending' then 'the restore was cancelled before it started'
+        else error_message end,
+      completed_at = case when status = 'pending' then clock_timestamp() else completed_at end
+    where id = ${rollbackId}
+    returning status, backend_pid`;
+  if (r.status === "running" && r.backend_pid) {
+    // Only a session of this service that is inside a transaction: the pid of a finished
+    // restore may belong to someone else by now.
+    await sql`select pg_cancel_backend(pid) from pg_stat_activity
+      where pid = ${r.backend_pid} and application_name = 'pitr' and xact_start is not null`;
+  }
+  for (let i = 0; i < 100; i++) {
+    const s = await getStatus(sql, rollbackId);
+    if (s.status !== "running") return s;
+    await new Promise((ok) => setTimeout(ok, 50));
+  }
+  return await getStatus(sql, rollbackId);
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -137,6 +217,11 @@ export interface RestoreStatus {
 }
 
 export async function getStatus(sql: Sql, rollbackId: string): Promise<RestoreStatus> {
+  if (UUID.test(rollbackId)) {
+    await sql`select pitr.reap_abandoned(tenant_id, ${`${staleAfterMs()} milliseconds`}::interval)
+      from public.backup_pitr_rollback_history
+      where id = ${rollbackId} and status in ('pending', 'running')`;
+  }
   const [r] = UUID.test(rollbackId)
     ? await sql`select *, extract(epoch from clock_timestamp() - started_at) as elapsed
         from public.backup_pitr_rollback_history where id = ${rollbackId}`

@@ -1,6 +1,7 @@
 // Takes a tenant's snapshot: every protected table (or a chosen few) in one consistent read,
 // copied inside the database with checksums. It must never move rows through this process.
-import type { Db, Sql, TransactionSql } from "../db/client.ts";
+import type { Db, Sql } from "../db/client.ts";
+import { transaction } from "../db/transaction.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { NotFound } from "./errors.ts";
 
@@ -35,11 +36,11 @@ export interface Snapshot {
 
 /** Snapshot in its own REPEATABLE READ transaction: one consistent read across tables. */
 export function takeSnapshot(sql: Sql, request: SnapshotRequest): Promise<Snapshot> {
-  return sql.begin("isolation level repeatable read", (tx) => snapshotIn(tx, request));
+  return transaction(sql, (tx) => snapshotIn(tx, request), "begin isolation level repeatable read");
 }
 
 /** Snapshot inside a transaction the caller holds (the restore's undo snapshot). */
-export async function snapshotIn(tx: TransactionSql, request: SnapshotRequest): Promise<Snapshot> {
+export async function snapshotIn(tx: Db, request: SnapshotRequest): Promise<Snapshot> {
   const tables = pickTables(await protectedTables(tx), request.tables, "a protected table");
   const [created] = await tx<{ id: string }[]>`
     insert into public.backup_snapshots (tenant_id, label, kind, created_by)

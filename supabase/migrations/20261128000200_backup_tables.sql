@@ -66,7 +66,10 @@ create table public.backup_pitr_rollback_history (
   created_at timestamptz not null default clock_timestamp(),
   started_at timestamptz,
   completed_at timestamptz,
-  heartbeat_at timestamptz
+  heartbeat_at timestamptz,
+  -- The restore's own database session, so that a cancel can interrupt its statement.
+  backend_pid integer,
+  cancel_requested_at timestamptz
 );
 -- One restore per tenant at a time, decided by the database: a second insert fails with 23505.
 create unique index backup_pitr_one_active_restore

@@ -671,3 +671,36 @@ begin
   end loop;
 end
 $$;
+
+-- The advisory lock a restore or drill holds on its tenant for its whole transaction.
+create function pitr.tenant_lock_held(p_tenant text) returns boolean
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select exists (
+    select from pg_locks
+    where locktype = 'advisory' and granted and objsubid = 2
+      and classid = hashtext('pitr:tenant')::oid and objid = hashtext(p_tenant)::oid)
+$$;
+
+-- A restore whose process died (an Edge Function killed at its wall-clock limit, a server
+-- killed) rolled back with its session, but its history row still says pending or running. Once
+-- its heartbeat is older than p_stale and nobody holds its tenant's lock, record it as failed.
+create function pitr.reap_abandoned(p_tenant text, p_stale interval) returns integer
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_count integer;
+begin
+  update public.backup_pitr_rollback_history h
+  set status = 'failed', current_step = 'failed', error_code = 'abandoned',
+    error_message = format('the process running this restore stopped (last heartbeat %s); '
+      'its transaction was rolled back and nothing was changed',
+      to_char(coalesce(h.heartbeat_at, h.created_at) at time zone 'UTC',
+        'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
+    undo_snapshot_id = null, tables_restored = '{}', completed_at = clock_timestamp()
+  where h.status in ('pending', 'running')
+    and (p_tenant is null or h.tenant_id = p_tenant)
+    and coalesce(h.heartbeat_at, h.created_at) < clock_timestamp() - p_stale
+    and not pitr.tenant_lock_held(h.tenant_id);
+  get diagnostics v_count = row_count;
+  return v_count;
+end
+$$;
