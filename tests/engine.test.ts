@@ -273,25 +273,30 @@ dbTest(
   },
 );
 
-dbTest("a partial restore whose deletes would cascade into a table outside the set is refused", async () => {
-  const snap = await takeSnapshot(sql, { tenantId: "103" });
-  const [{ id: userId }] = await sql<{ id: string }[]>`
+dbTest(
+  "a partial restore whose deletes would cascade into a table outside the set is refused",
+  async () => {
+    const snap = await takeSnapshot(sql, { tenantId: "103" });
+    const [{ id: userId }] = await sql<{ id: string }[]>`
     insert into public.users (tenant_id, email) values (103, 'late@t103.example') returning id`;
-  await sql`insert into public.enrollments (tenant_id, campaign_id, user_id)
+    await sql`insert into public.enrollments (tenant_id, campaign_id, user_id)
     select 103, min(id), ${userId}::uuid from public.campaigns where tenant_id = 103`;
-  const d = await digest(103);
-  const plan = await planRestore(sql, { snapshotId: snap.snapshot_id, tables: ["users"] });
-  const w = plan.warnings.find((x) => x.blocking)!;
-  assert.equal(w.code, "cascade_outside_set");
-  assert.match(w.message, /cascade into 1 rows of public\.enrollments/);
-  const status = await restore(snap.snapshot_id, "103", { tables: ["users"] });
-  assert.equal(status.error?.code, "plan_blocked");
-  assert.equal(await digest(103), d);
-  const ok = await restore(snap.snapshot_id, "103", { tables: ["users", "enrollments"] });
-  assert.equal(ok.status, "completed", JSON.stringify(ok.error));
-  const [{ n }] = await sql<{ n: string }[]>`select count(*) as n from public.users where email = 'late@t103.example'`;
-  assert.equal(Number(n), 0);
-});
+    const d = await digest(103);
+    const plan = await planRestore(sql, { snapshotId: snap.snapshot_id, tables: ["users"] });
+    const w = plan.warnings.find((x) => x.blocking)!;
+    assert.equal(w.code, "cascade_outside_set");
+    assert.match(w.message, /cascade into 1 rows of public\.enrollments/);
+    const status = await restore(snap.snapshot_id, "103", { tables: ["users"] });
+    assert.equal(status.error?.code, "plan_blocked");
+    assert.equal(await digest(103), d);
+    const ok = await restore(snap.snapshot_id, "103", { tables: ["users", "enrollments"] });
+    assert.equal(ok.status, "completed", JSON.stringify(ok.error));
+    const [{ n }] = await sql<
+      { n: string }[]
+    >`select count(*) as n from public.users where email = 'late@t103.example'`;
+    assert.equal(Number(n), 0);
+  },
+);
 
 dbTest("restored identity and serial values move their sequences forward", async () => {
   const snap = await takeSnapshot(sql, { tenantId: "103" });
