@@ -2,7 +2,7 @@
 // It must never put SQL text, query parameters or row values into an answer or a log line.
 import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
-import { PitrError } from "../restore/errors.ts";
+import { PG, PitrError, sqlState } from "../restore/errors.ts";
 
 /** No token, or one that is expired, forged, unsigned or unreadable. */
 export class Unauthorized extends PitrError {
@@ -36,6 +36,13 @@ export function onError(err: Error, c: Context): Response {
   }
   if (err instanceof PitrError && err.status === 503) {
     return c.json(errorBody(err.code, err.message), 503);
+  }
+  // The engine's own SQL functions raise these with messages it wrote (names, never row values).
+  if (sqlState(err) === PG.PITR_INCOMPATIBLE) {
+    return c.json(errorBody("schema_incompatible", err.message), 422);
+  }
+  if (sqlState(err) === PG.PITR_NOT_FOUND) {
+    return c.json(errorBody("not_found", err.message), 404);
   }
   if (err instanceof HTTPException && err.status < 500) {
     return c.json(errorBody("bad_request", err.message || "bad request"), err.status);
