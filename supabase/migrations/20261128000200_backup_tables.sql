@@ -16,7 +16,7 @@ create table public.backup_snapshots (
   id uuid primary key default gen_random_uuid(),
   tenant_id text not null,
   label text,
-  kind text not null default 'manual' check (kind in ('manual', 'undo')),
+  kind text not null default 'manual' check (kind in ('manual', 'undo', 'point_in_time')),
   total_rows bigint not null default 0,
   created_at timestamptz not null default clock_timestamp(),
   created_by text

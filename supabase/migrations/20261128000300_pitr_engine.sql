@@ -17,7 +17,8 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
     select from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where c.oid = p_relid and n.nspname = 'public'
       and c.relname in ('backup_protected_tables', 'backup_snapshots', 'backup_snapshot_tables',
-        'backup_pitr_rollback_history', 'backup_pitr_drills', 'backup_fk_constraints_cache'))
+        'backup_pitr_rollback_history', 'backup_pitr_drills', 'backup_fk_constraints_cache',
+        'pitr_settings', 'pitr_capture_tables', 'pitr_changes', 'pitr_changes_default'))
     or exists (
       select from pg_class c join pg_namespace n on n.oid = c.relnamespace
       where c.oid = p_relid and n.nspname in ('pitr', 'pitr_store', 'supabase_migrations'))

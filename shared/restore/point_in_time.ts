@@ -1,0 +1,130 @@
+// True point in time: a tenant's rows as they were at any moment inside the change log's window,
+// built in the database from the rows now and the log of what changed since, and stored like a
+// snapshot so that plan, execute and verify handle it unchanged. It must never guess: a table
+// whose log does not reach back to the moment is refused.
+import type { Db, Sql } from "../db/client.ts";
+import { transaction } from "../db/transaction.ts";
+import { pickTables, protectedTables } from "./catalog.ts";
+import { BadRequest, PG, sqlState, Unprocessable } from "./errors.ts";
+import { type Plan, planRestore, type Strategy } from "./plan.ts";
+import { getSnapshot, type Snapshot } from "./snapshot.ts";
+import type { Check } from "./validate.ts";
+
+export interface PointInTime {
+  tenantId: string;
+  /** An ISO 8601 timestamp with its zone; kept as text so microseconds survive. */
+  at: string;
+  tables?: string[];
+}
+
+/** The moment, checked against now and against how far back the log is complete. */
+const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$/;
+
+async function checkMoment(sql: Db, at: string): Promise<void> {
+  if (!ISO.test(at) || Number.isNaN(Date.parse(at))) {
+    throw new BadRequest("invalid_request", "at must be an ISO 8601 timestamp with a zone");
+  }
+  const [s] = await sql<
+    { future: boolean; early: boolean; complete_since: Date; retention: string }[]
+  >`
+    select ${at}::timestamptz > clock_timestamp() as future,
+      ${at}::timestamptz < complete_since as early, complete_since, retention::text as retention
+    from public.pitr_settings`;
+  if (s.future) throw new BadRequest("invalid_request", `at ${at} is in the future`);
+  if (s.early) {
+    throw new Unprocessable(
+      "outside_retention",
+      `the change log is complete only since ${s.complete_since.toISOString()} (retention ${s.retention})`,
+    );
+  }
+}
+
+/** Builds the tenant's state at `at` as a snapshot of kind point_in_time, inside `tx`. */
+export async function snapshotAtIn(tx: Db, request: PointInTime): Promise<Snapshot> {
+  await checkMoment(tx, request.at);
+  const tables = pickTables(await protectedTables(tx), request.tables, "a protected table");
+  const [created] = await tx<{ id: string }[]>`
+    insert into public.backup_snapshots (tenant_id, label, kind)
+    values (${request.tenantId}, ${`as of ${request.at}`}, 'point_in_time')
+    returning id`;
+  try {
+    for (const [position, t] of tables.entries()) {
+      await tx`select pitr.snapshot_table_at(${created.id}, ${position}, ${t.relid}::oid, ${request.at}::timestamptz)`;
+    }
+  } catch (e) {
+    if (sqlState(e) === PG.PITR_INCOMPATIBLE) {
+      throw new Unprocessable("no_change_log", (e as Error).message);
+    }
+    throw e;
+  }
+  await tx`update public.backup_snapshots s set total_rows = (
+      select coalesce(sum(row_count), 0) from public.backup_snapshot_tables where snapshot_id = s.id)
+    where id = ${created.id}`;
+  return await getSnapshot(tx, created.id);
+}
+
+/** The state at `at`, kept: execute restores from it like from any snapshot. */
+export function snapshotAt(sql: Sql, request: PointInTime): Promise<Snapshot> {
+  // One consistent read of the rows now and of the log.
+  return transaction(
+    sql,
+    (tx) => snapshotAtIn(tx, request),
+    "begin isolation level repeatable read",
+  );
+}
+
+class RollBack extends Error {
+  constructor(readonly plan: Plan) {
+    super("plan rolled back");
+  }
+}
+
+/** The plan of a restore to `at`. Everything it builds is rolled back: it changes nothing. */
+export async function planAt(
+  sql: Sql,
+  request: PointInTime & { strategy?: Strategy },
+): Promise<Plan & { at: string }> {
+  try {
+    await transaction(sql, async (tx) => {
+      const snapshot = await snapshotAtIn(tx, request);
+      throw new RollBack(
+        await planRestore(tx, { snapshotId: snapshot.snapshot_id, strategy: request.strategy }),
+      );
+    }, "begin isolation level repeatable read");
+  } catch (e) {
+    if (e instanceof RollBack) return { ...e.plan, at: request.at };
+    throw e;
+  }
+  throw new Error("unreachable: a point-in-time plan committed");
+}
+
+/** Can the tenant be restored to `at`: is every table's change log long enough? */
+export async function validateAt(
+  sql: Db,
+  request: PointInTime,
+): Promise<{ valid: boolean; checks: Check[] }> {
+  await checkMoment(sql, request.at);
+  const tables = pickTables(await protectedTables(sql), request.tables, "a protected table");
+  const captured = new Map(
+    (await sql<{ relid: string; enabled_at: Date; covers: boolean }[]>`
+      select relid::int8 as relid, enabled_at, enabled_at <= ${request.at}::timestamptz as covers
+      from public.pitr_capture_tables`)
+      .map((r) => [Number(r.relid), r]),
+  );
+  const checks: Check[] = tables.map((t) => {
+    const since = captured.get(t.relid)?.enabled_at;
+    const ok = captured.get(t.relid)?.covers ?? false;
+    return {
+      check: "change_log",
+      table: t.name,
+      ok,
+      severity: ok ? "info" : "error",
+      message: since === undefined
+        ? `capture is not enabled for ${t.name}: select pitr_capture_enable('${t.name}')`
+        : ok
+        ? `${t.name} is captured since ${since.toISOString()}`
+        : `${t.name} is captured only since ${since.toISOString()}, after ${request.at}`,
+    };
+  });
+  return { valid: checks.every((c) => c.ok), checks };
+}

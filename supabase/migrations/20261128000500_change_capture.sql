@@ -1,0 +1,298 @@
+-- Change capture for true point-in-time restores: opt-in per protected table, statement-level
+-- triggers with transition tables append each changed row's old image to pitr_changes, a log
+-- partitioned by day so that expired days drop cheaply. Capture never changes the application's
+-- rows: its triggers only append to the log.
+
+create table public.pitr_settings (
+  id boolean primary key default true check (id),
+  -- How long the change log is kept; a restore can go back this far.
+  retention interval not null default interval '7 days',
+  -- The log holds every change from this moment on (moved forward when old days are dropped).
+  complete_since timestamptz not null default '-infinity'
+);
+insert into public.pitr_settings default values;
+
+create table public.pitr_capture_tables (
+  relid oid primary key,
+  table_schema text not null,
+  table_name text not null,
+  tenant_column text not null,
+  primary_key text[] not null,
+  enabled_at timestamptz not null default clock_timestamp()
+);
+
+create sequence pitr.change_seq;
+
+-- One row per changed row: its key, and its image before the change (null for an insert).
+create table public.pitr_changes (
+  seq bigint not null default nextval('pitr.change_seq'),
+  changed_at timestamptz not null default clock_timestamp(),
+  txid bigint not null default txid_current(),
+  tenant_id text,
+  relid oid not null,
+  op "char" not null check (op in ('I', 'U', 'D')),
+  pk jsonb not null,
+  old_row jsonb
+) partition by range (changed_at);
+create index pitr_changes_table_time on public.pitr_changes (relid, changed_at);
+-- Catches rows whose day has no partition yet (the daily job creates them ahead of time).
+create table public.pitr_changes_default partition of public.pitr_changes default;
+
+alter table public.pitr_settings enable row level security;
+alter table public.pitr_capture_tables enable row level security;
+alter table public.pitr_changes enable row level security;
+-- The log holds every tenant's old rows: no policy, so only the service (BYPASSRLS) reads it.
+create policy "authenticated reads the settings" on public.pitr_settings
+  for select to authenticated using (true);
+create policy "authenticated reads which tables are captured" on public.pitr_capture_tables
+  for select to authenticated using (true);
+revoke all on public.pitr_settings, public.pitr_capture_tables, public.pitr_changes from anon;
+revoke insert, update, delete, truncate on public.pitr_settings, public.pitr_capture_tables,
+  public.pitr_changes from authenticated;
+grant select on public.pitr_settings, public.pitr_capture_tables to authenticated;
+grant all on public.pitr_settings, public.pitr_capture_tables, public.pitr_changes to service_role;
+
+-- The daily partitions from p_from for p_days days. Creating a partition locks the log briefly,
+-- so the job makes them ahead of the day they are for.
+create function pitr.ensure_change_partitions(p_from date default current_date,
+  p_days integer default 3) returns integer
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_day date;
+  v_made integer := 0;
+begin
+  for v_day in select d::date from generate_series(p_from, p_from + p_days - 1, interval '1 day') d
+  loop
+    continue when to_regclass(format('public.%I', 'pitr_changes_' || to_char(v_day, 'YYYYMMDD')))
+      is not null;
+    begin
+      execute format('create table public.%I partition of public.pitr_changes
+          for values from (%L) to (%L)',
+        'pitr_changes_' || to_char(v_day, 'YYYYMMDD'),
+        (v_day::timestamp at time zone 'UTC'), ((v_day + 1)::timestamp at time zone 'UTC'));
+      v_made := v_made + 1;
+    exception when others then
+      -- Rows of that day already sit in the default partition: leave them there.
+      raise warning 'pitr: no partition for %: %', v_day, sqlerrm;
+    end;
+  end loop;
+  return v_made;
+end
+$$;
+
+-- Drops the days older than the retention, and records from when the log is complete.
+create function pitr.drop_expired_changes() returns integer
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_cutoff timestamptz := clock_timestamp() - (select retention from public.pitr_settings);
+  v_part record;
+  v_dropped integer := 0;
+begin
+  for v_part in
+    select c.relname, to_date(right(c.relname, 8), 'YYYYMMDD') as day
+    from pg_inherits i join pg_class c on c.oid = i.inhrelid
+    where i.inhparent = 'public.pitr_changes'::regclass and c.relname ~ '^pitr_changes_\d{8}$'
+  loop
+    if ((v_part.day + 1)::timestamp at time zone 'UTC') <= v_cutoff then
+      execute format('drop table public.%I', v_part.relname);
+      update public.pitr_settings
+      set complete_since = greatest(complete_since, (v_part.day + 1)::timestamp at time zone 'UTC');
+      v_dropped := v_dropped + 1;
+    end if;
+  end loop;
+  delete from public.pitr_changes_default where changed_at < v_cutoff;
+  if found then
+    update public.pitr_settings set complete_since = greatest(complete_since, v_cutoff);
+  end if;
+  perform pitr.ensure_change_partitions();
+  return v_dropped;
+end
+$$;
+
+-- The capture trigger. Arguments: the tenant column, then the primary key columns.
+-- security definer: the application's roles write the log without being granted it.
+create function pitr.capture() returns trigger
+language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_tenant text := tg_argv[0];
+  v_pk text;
+  v_key text;
+begin
+  select string_agg(format('%L, r.%I', c, c), ', '), string_agg(format('r.%I', c), ', ')
+  into v_pk, v_key
+  from unnest(tg_argv[1:]) c;
+  if tg_op = 'INSERT' then
+    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk)
+      select r.%I::text, %s, ''I'', jsonb_build_object(%s) from pitr_new_rows r',
+      v_tenant, tg_relid, v_pk);
+  elsif tg_op = 'DELETE' then
+    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk, old_row)
+      select r.%I::text, %s, ''D'', jsonb_build_object(%s), to_jsonb(r) from pitr_old_rows r',
+      v_tenant, tg_relid, v_pk);
+  elsif tg_op = 'UPDATE' then
+    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk, old_row)
+      select r.%I::text, %s, ''U'', jsonb_build_object(%s), to_jsonb(r) from pitr_old_rows r',
+      v_tenant, tg_relid, v_pk);
+    -- A key changed by the update did not exist before it: record it as inserted.
+    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk)
+      select r.%I::text, %s, ''I'', jsonb_build_object(%s) from pitr_new_rows r
+      where (%s) not in (select %s from pitr_old_rows r)',
+      v_tenant, tg_relid, v_pk, v_key, v_key);
+  elsif tg_op = 'TRUNCATE' then
+    -- TRUNCATE is recorded, not refused: every row is logged as deleted before it goes.
+    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk, old_row)
+      select r.%I::text, %s, ''D'', jsonb_build_object(%s), to_jsonb(r) from %I.%I r',
+      v_tenant, tg_relid, v_pk, tg_table_schema, tg_table_name);
+  end if;
+  return null;
+end
+$$;
+
+-- Turns capture on for a protected table ('schema.table', or 'table' for public). The triggers
+-- are ENABLE ALWAYS so that they also record the restores' own changes, which run with
+-- session_replication_role = replica.
+-- A table named as in the service's answers: 'schema.table' as written, 'table' for public.
+create function pitr.relid_by_name(p_table text) returns oid
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select coalesce(
+    (select c.oid from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where n.nspname = case when p_table like '%.%' then split_part(p_table, '.', 1) else 'public' end
+       and c.relname = case when p_table like '%.%' then substr(p_table, strpos(p_table, '.') + 1)
+         else p_table end),
+    0::oid)
+$$;
+
+create function public.pitr_capture_enable(p_table text) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_relid oid := pitr.relid_by_name(p_table);
+  v_t record;
+  v_pk text[];
+  v_args text;
+begin
+  select * into v_t from pitr.protected_tables where relid = v_relid;
+  if not found then
+    raise exception '% is not a protected table', p_table using errcode = 'PT404';
+  end if;
+  v_pk := pitr.primary_key_of(v_relid);
+  if v_pk is null then
+    raise exception 'table %.% has no primary key', v_t.table_schema, v_t.table_name
+      using errcode = 'PT422';
+  end if;
+  if exists (select from public.pitr_capture_tables where relid = v_relid) then
+    return;
+  end if;
+  perform pitr.ensure_change_partitions();
+  v_args := (select string_agg(format('%L', a), ', ') from unnest(v_t.tenant_column || v_pk) a);
+  execute format('create trigger pitr_capture_insert after insert on %I.%I
+      referencing new table as pitr_new_rows for each statement execute function pitr.capture(%s)',
+    v_t.table_schema, v_t.table_name, v_args);
+  execute format('create trigger pitr_capture_update after update on %I.%I
+      referencing old table as pitr_old_rows new table as pitr_new_rows
+      for each statement execute function pitr.capture(%s)',
+    v_t.table_schema, v_t.table_name, v_args);
+  execute format('create trigger pitr_capture_delete after delete on %I.%I
+      referencing old table as pitr_old_rows for each statement execute function pitr.capture(%s)',
+    v_t.table_schema, v_t.table_name, v_args);
+  execute format('create trigger pitr_capture_truncate before truncate on %I.%I
+      for each statement execute function pitr.capture(%s)',
+    v_t.table_schema, v_t.table_name, v_args);
+  execute format('alter table %I.%I enable always trigger pitr_capture_insert,
+      enable always trigger pitr_capture_update, enable always trigger pitr_capture_delete,
+      enable always trigger pitr_capture_truncate', v_t.table_schema, v_t.table_name);
+  insert into public.pitr_capture_tables (relid, table_schema, table_name, tenant_column, primary_key)
+  values (v_relid, v_t.table_schema, v_t.table_name, v_t.tenant_column, v_pk);
+end
+$$;
+
+create function public.pitr_capture_disable(p_table text) returns void
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_c public.pitr_capture_tables;
+begin
+  select * into v_c from public.pitr_capture_tables where relid = pitr.relid_by_name(p_table);
+  if not found then
+    return;
+  end if;
+  execute format('drop trigger if exists pitr_capture_insert on %1$I.%2$I;
+    drop trigger if exists pitr_capture_update on %1$I.%2$I;
+    drop trigger if exists pitr_capture_delete on %1$I.%2$I;
+    drop trigger if exists pitr_capture_truncate on %1$I.%2$I', v_c.table_schema, v_c.table_name);
+  delete from public.pitr_capture_tables where relid = v_c.relid;
+  -- Its log rows no longer describe a complete history.
+  delete from public.pitr_changes where relid = v_c.relid;
+end
+$$;
+revoke execute on function public.pitr_capture_enable(text), public.pitr_capture_disable(text)
+  from public, anon, authenticated;
+grant execute on function public.pitr_capture_enable(text), public.pitr_capture_disable(text)
+  to service_role;
+
+-- The tenant's rows of one table as they were at p_at, built from the rows now and the log of
+-- what changed since: a key changed after p_at takes the old image of its first change after
+-- p_at (none if that change was its insert); any other key is as it is now. Stored as a typed
+-- copy like a snapshot's, so plan, execute and verify treat it as one.
+create function pitr.snapshot_table_at(p_snapshot uuid, p_position integer, p_relid oid,
+  p_at timestamptz)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
+set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
+as $$
+declare
+  v_tenant text;
+  v_table record;
+  v_cols jsonb;
+  v_names text[];
+  v_pk text[];
+  v_id bigint;
+  v_store text;
+  v_rows bigint;
+  v_pred text;
+  v_select text;
+begin
+  select tenant_id into v_tenant from public.backup_snapshots where id = p_snapshot;
+  select * into v_table from pitr.protected_tables where relid = p_relid;
+  if not exists (select from public.pitr_capture_tables c
+      where c.relid = p_relid and c.enabled_at <= p_at) then
+    raise exception 'table %.% has no change log back to %', v_table.table_schema,
+      v_table.table_name, p_at using errcode = 'PT422';
+  end if;
+  v_pk := pitr.primary_key_of(p_relid);
+  select jsonb_agg(jsonb_build_object('name', c.name, 'type', c.type)), array_agg(c.name)
+  into v_cols, v_names
+  from pitr.live_columns(p_relid) c where not c.is_generated;
+
+  insert into public.backup_snapshot_tables (snapshot_id, tenant_id, position, table_schema,
+    table_name, tenant_column, columns, primary_key)
+  values (p_snapshot, v_tenant, p_position, v_table.table_schema, v_table.table_name,
+    v_table.tenant_column, v_cols, v_pk)
+  returning id into v_id;
+  v_store := 't' || v_id;
+  v_pred := pitr.tenant_predicate(p_relid, v_table.tenant_column, v_tenant);
+  v_select := (select string_agg(format('l.%I', n), ', ') from unnest(v_names) n);
+
+  execute format(
+    'create table pitr_store.%1$I as
+     with changed as materialized (
+       select distinct on (c.pk) c.pk, c.op, c.old_row
+       from public.pitr_changes c
+       where c.relid = %2$s and c.changed_at > %3$L
+       order by c.pk, c.seq)
+     select %4$s from %5$I.%6$I l
+     where %7$s and not exists (select from changed ch where ch.pk = jsonb_build_object(%8$s))
+     union all
+     select %4$s from changed ch cross join lateral jsonb_populate_record(null::%5$I.%6$I, ch.old_row) l
+     where ch.op <> ''I'' and %7$s',
+    v_store, p_relid, p_at, v_select, v_table.table_schema, v_table.table_name, v_pred,
+    (select string_agg(format('%L, l.%I', k, k), ', ') from unnest(v_pk) k));
+  get diagnostics v_rows = row_count;
+
+  update public.backup_snapshot_tables
+  set store_table = v_store, row_count = v_rows,
+    checksum = pitr.digest(format('pitr_store.%I', v_store),
+      array(select format('%I', n) from unnest(v_names) n))
+  where id = v_id;
+  return v_id;
+end
+$$;
