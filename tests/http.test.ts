@@ -671,6 +671,54 @@ dbTest(
 );
 
 dbTest(
+  "the cron drill migration is a no-op without pg_cron, and its job's SQL posts to pitr-drill with Vault's secrets",
+  async () => {
+    const [{ n }] = await sql<
+      { n: string }[]
+    >`select count(*) as n from pg_namespace where nspname = 'cron'`;
+    const [{ applied }] = await sql<{ applied: boolean }[]>`select exists (
+    select from supabase_migrations.schema_migrations where version = '20261128000400') as applied`;
+    assert.equal(applied, true);
+    const hasCron = Number(n) > 0;
+    const text = await Deno.readTextFile(
+      new URL("../supabase/migrations/20261128000400_cron_drill.sql", import.meta.url),
+    );
+    const job = /\$job\$([\s\S]*)\$job\$/.exec(text)![1];
+    if (hasCron) return; // a real Supabase database: the job is scheduled, not ours to run here
+    // Stand-ins for Vault's view and pg_net's function, in a transaction that is rolled back.
+    class Rollback {
+      constructor(
+        readonly none: number,
+        readonly calls: { url: string; headers: Record<string, string>; body: unknown }[],
+      ) {}
+    }
+    const posted = await sql.begin(async (tx) => {
+      await tx`create schema vault`;
+      await tx`create table vault.decrypted_secrets (name text, decrypted_secret text)`;
+      await tx`create schema net`;
+      await tx`create table net.calls (url text, headers jsonb, body jsonb, timeout int)`;
+      await tx`create function net.http_post(url text, headers jsonb, body jsonb, timeout_milliseconds int)
+      returns bigint language sql as
+      'insert into net.calls values (url, headers, body, timeout_milliseconds) returning 1::bigint'`;
+      await tx.unsafe(job); // the repository's own migration text
+      const none = await tx`select * from net.calls`;
+      await tx`insert into vault.decrypted_secrets values
+      ('project_url', 'https://ref.supabase.co'), ('service_role_key', 'key-1')`;
+      await tx.unsafe(job);
+      throw new Rollback(none.length, [...await tx<Rollback["calls"]>`select * from net.calls`]);
+    }).catch((e) => {
+      if (e instanceof Rollback) return e;
+      throw e;
+    });
+    assert.equal(posted.none, 0);
+    assert.equal(posted.calls.length, 1);
+    assert.equal(posted.calls[0].url, "https://ref.supabase.co/functions/v1/pitr-drill");
+    assert.equal(posted.calls[0].headers.Authorization, "Bearer key-1");
+    assert.deepEqual(posted.calls[0].body, {});
+  },
+);
+
+dbTest(
   "progress is visible mid-restore of a ~100k-row tenant; a second execute is 409; others run side by side",
   async () => {
     // seed_tenant's own users cost it quadratic time; bulk users bring the tenant to ~100k rows.
