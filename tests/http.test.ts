@@ -671,6 +671,45 @@ dbTest(
 );
 
 dbTest(
+  "deployed configuration: SUPABASE_JWKS verifies user tokens, a project secret key is the service role",
+  async () => {
+    const names = [
+      "SUPABASE_DB_URL",
+      "SUPABASE_JWT_SECRET",
+      "SUPABASE_URL",
+      "SUPABASE_JWKS",
+      "SUPABASE_SECRET_KEYS",
+      "SUPABASE_SERVICE_ROLE_KEY",
+    ];
+    const saved = new Map(names.map((n) => [n, Deno.env.get(n)]));
+    for (const n of names) Deno.env.delete(n);
+    Deno.env.set("SUPABASE_DB_URL", db.url);
+    Deno.env.set("SUPABASE_JWKS", JSON.stringify({ keys: [jwk] }));
+    Deno.env.set(
+      "SUPABASE_SECRET_KEYS",
+      JSON.stringify({ default: "sb_secret_0123456789abcdefghij" }),
+    );
+    try {
+      const deployed = appFromEnv();
+      const get = (token: string) =>
+        deployed.request("/pitr-snapshot?tenant_id=101", {
+          headers: { authorization: `Bearer ${token}` },
+        });
+      const statuses = [
+        (await get("sb_secret_0123456789abcdefghij")).status,
+        (await get("sb_secret_0123456789abcdefghiX")).status,
+        (await get(await es256(user("101", "viewer")))).status,
+        (await get(await es256(user("102", "viewer")))).status,
+        (await get(service)).status, // HS256, and no HS256 secret is configured here
+      ];
+      assert.deepEqual(statuses, [200, 401, 200, 403, 401]);
+    } finally {
+      for (const [n, v] of saved) v === undefined ? Deno.env.delete(n) : Deno.env.set(n, v);
+    }
+  },
+);
+
+dbTest(
   "the cron drill migration is a no-op without pg_cron, and its job's SQL posts to pitr-drill with Vault's secrets",
   async () => {
     const [{ n }] = await sql<

@@ -35,7 +35,7 @@ if (import.meta.main) {
   const pooler = transactionPoolerReason(url);
   if (pooler) fail(transactionPoolerError(pooler).message);
   const auth = authConfigFromEnv();
-  if (!auth.jwtSecret && !auth.jwks) {
+  if (!auth.jwtSecret && !auth.jwks && !auth.serviceKeys?.length) {
     fail("no key to verify tokens with: set SUPABASE_JWT_SECRET and/or SUPABASE_URL");
   }
   const port = Number(Deno.env.get("PORT") ?? DEFAULT_PORT);

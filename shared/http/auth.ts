@@ -2,6 +2,7 @@
 // its JWKS) and decides what the caller may do. It must never accept an unsigned, expired or
 // unverifiable token, nor let a tenant's user act on another tenant.
 import {
+  createLocalJWKSet,
   createRemoteJWKSet,
   decodeProtectedHeader,
   errors as joseErrors,
@@ -16,6 +17,13 @@ export interface AuthConfig {
   jwtSecret?: string;
   /** The key set for asymmetric tokens: `$SUPABASE_URL/auth/v1/.well-known/jwks.json`. */
   jwks?: JWTVerifyGetKey;
+  /**
+   * The project's own API secret keys (SUPABASE_SERVICE_ROLE_KEY, the values of
+   * SUPABASE_SECRET_KEYS): a bearer equal to one of them is the service role. The new `sb_secret_`
+   * keys are not JWTs, and a deployed function is not given the legacy JWT secret, so this is how
+   * the cron drill's service key is accepted there.
+   */
+  serviceKeys?: string[];
 }
 
 const ASYMMETRIC = ["RS256", "ES256", "EdDSA", "PS256"];
@@ -24,11 +32,42 @@ export function jwksUrl(supabaseUrl: string): URL {
   return new URL("/auth/v1/.well-known/jwks.json", supabaseUrl);
 }
 
-/** From the environment: SUPABASE_JWT_SECRET and, when SUPABASE_URL is set, its JWKS. */
+/**
+ * From the environment: SUPABASE_JWT_SECRET; the key set from SUPABASE_JWKS (given to deployed
+ * functions) or else fetched from SUPABASE_URL; and the project's secret keys.
+ */
 export function authConfigFromEnv(): AuthConfig {
   const secret = Deno.env.get("SUPABASE_JWT_SECRET") || undefined;
   const url = Deno.env.get("SUPABASE_URL") || undefined;
-  return { jwtSecret: secret, jwks: url ? createRemoteJWKSet(jwksUrl(url)) : undefined };
+  const localJwks = parseJson(Deno.env.get("SUPABASE_JWKS"));
+  const jwks = localJwks && Array.isArray((localJwks as { keys?: unknown }).keys)
+    ? createLocalJWKSet(localJwks as Parameters<typeof createLocalJWKSet>[0])
+    : url
+    ? createRemoteJWKSet(jwksUrl(url))
+    : undefined;
+  const serviceKeys = [
+    Deno.env.get("SUPABASE_SERVICE_ROLE_KEY"),
+    ...Object.values((parseJson(Deno.env.get("SUPABASE_SECRET_KEYS")) ?? {}) as object),
+  ].filter((k): k is string => typeof k === "string" && k.length >= 20);
+  return { jwtSecret: secret, jwks, serviceKeys };
+}
+
+function parseJson(text: string | undefined): unknown {
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Compares in time independent of where the strings differ. */
+function sameKey(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
 }
 
 export type Principal =
@@ -46,6 +85,7 @@ export async function authenticate(
     throw new Unauthorized("missing_token", "an Authorization: Bearer <JWT> header is required");
   }
   const token = match[1];
+  if (config.serviceKeys?.some((k) => sameKey(k, token))) return { role: "service_role" };
   let alg: string | undefined;
   try {
     alg = decodeProtectedHeader(token).alg;
