@@ -6,7 +6,7 @@ import { RestoreFailed, Unprocessable } from "./errors.ts";
 import { type Plan, planRestore, type Strategy } from "./plan.ts";
 import { getSnapshot, snapshotIn } from "./snapshot.ts";
 
-/** Rows per batch of the store's pages: the unit of progress. */
+/** Rows written per statement: the unit of progress. */
 const BATCH_ROWS = 10_000;
 
 export interface ApplyOptions {
@@ -59,11 +59,11 @@ export async function applySnapshot(
     );
   }
 
-  const plan = await planRestore(tx, {
-    snapshotId,
-    tables: options.tables,
-    strategy: options.strategy,
-  });
+  const plan = await planRestore(
+    tx,
+    { snapshotId, tables: options.tables, strategy: options.strategy },
+    { forRestore: true },
+  );
   const blocker = plan.warnings.find((w) => w.blocking);
   if (blocker) throw new Unprocessable("plan_blocked", blocker.message, blocker.table);
 
@@ -83,7 +83,9 @@ export async function applySnapshot(
     kind: "undo",
     label: `before restore of snapshot ${snapshotId}`,
   });
-  const rowsTotal = plan.steps.reduce((n, t) => n + t.rows, 0) + plan.totals.delete;
+  // The work is the rows written and deleted; rows equal to the snapshot cost nothing.
+  const rowsTotal = plan.totals.insert + plan.totals.update + plan.totals.delete;
+  const writes = new Map(plan.tables.map((c) => [c.table, c.insert + c.update]));
   await options.onPlan?.(plan, rowsTotal, fkChecks, undo?.snapshot_id ?? null);
 
   let written = 0;
@@ -100,21 +102,13 @@ export async function applySnapshot(
     }
     for (const t of plan.steps) {
       current.table = t.name;
-      const [{ blocks }] = await tx<
-        { blocks: string }[]
-      >`select pitr.store_blocks(${t.id}) as blocks`;
-      const pages = Number(blocks);
-      const perBatch = Math.max(1, Math.floor((pages * BATCH_ROWS) / Math.max(t.rows, 1)));
-      let done = 0;
-      for (let from = 0; from < Math.max(pages, 1); from += perBatch) {
-        const to = from + perBatch;
+      const total = writes.get(t.name) ?? 0;
+      for (let from = 1; from <= total; from += BATCH_ROWS) {
         const [r] = await tx<{ updated: string; inserted: string }[]>`
-          select updated, inserted from pitr.restore_upsert(${t.id}, ${options.strategy}, ${from}, ${to})`;
+          select updated, inserted from pitr.restore_write(${t.id}, ${from}, ${from + BATCH_ROWS})`;
         const rows = Number(r.updated) + Number(r.inserted);
         written += rows;
-        const reached = pages === 0 ? t.rows : Math.round((t.rows * Math.min(to, pages)) / pages);
-        await step({ step: "restore", table: t.name, rows }, reached - done);
-        done = reached;
+        await step({ step: "restore", table: t.name, rows }, rows);
       }
       if (!options.drill) {
         await tx`select pitr.move_sequences(relid) from pitr.protected_tables
@@ -130,6 +124,10 @@ export async function applySnapshot(
         { ok: boolean }[]
       >`select ok from pitr.verify_table(${t.id}, ${options.strategy})`;
       if (!v.ok) {
+        // Tell a store altered behind the service's back from any other mismatch.
+        const [bad] = await tx<{ message: string }[]>`
+          select message from pitr.validate_table(${t.id}) where check_name = 'checksum' and not ok`;
+        if (bad) throw new Unprocessable("snapshot_invalid", bad.message, t.name);
         throw new RestoreFailed(
           "verification_failed",
           `after the restore, the rows of ${t.name} do not match the snapshot's checksum`,

@@ -45,12 +45,24 @@ export interface Plan {
   foreignKeys: ForeignKey[];
 }
 
-export async function planRestore(sql: Db, request: PlanRequest): Promise<Plan> {
+export interface PlanOptions {
+  /**
+   * Inside a restore's transaction: keep each table's rows to write and to delete in temporary
+   * tables for apply, and leave the checksum pass to the verification after the writes.
+   */
+  forRestore?: boolean;
+}
+
+export async function planRestore(
+  sql: Db,
+  request: PlanRequest,
+  options: PlanOptions = {},
+): Promise<Plan> {
   const strategy = request.strategy ?? "overwrite";
   const snapshot = await getSnapshot(sql, request.snapshotId);
   const chosen = pickTables(snapshot.tables, request.tables, "a table of this snapshot");
 
-  const validation = await validateSnapshot(sql, snapshot.snapshot_id, chosen);
+  const validation = await validateSnapshot(sql, snapshot.snapshot_id, chosen, !options.forRestore);
   const error = firstError(validation);
   if (error) {
     throw new Unprocessable(
@@ -75,7 +87,8 @@ export async function planRestore(sql: Db, request: PlanRequest): Promise<Plan> 
     const [d] = await sql<
       { ins: string; upd: string; del: string; unchanged: string; conflicts: string }[]
     >`
-      select ins, upd, del, unchanged, conflicts from pitr.table_diff(${t.id}, ${strategy})`;
+      select ins, upd, del, unchanged, conflicts
+      from pitr.table_diff(${t.id}, ${strategy}, ${options.forRestore ?? false})`;
     tables.push({
       table: t.name,
       insert: Number(d.ins),
