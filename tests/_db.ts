@@ -64,3 +64,10 @@ export function cleanup(db: TestDb) {
     },
   });
 }
+
+/** Where a snapshot table's rows are stored: the store, and the tenant and seq that select them. */
+export async function storeOf(sql: Sql, snapshotTableId: number | string) {
+  const [r] = await sql<{ store_table: string; tenant_id: string; seq: string }[]>`
+    select store_table, tenant_id, seq from public.backup_snapshot_tables where id = ${snapshotTableId}`;
+  return { table: r.store_table, tenant: r.tenant_id, seq: Number(r.seq) };
+}

@@ -9,7 +9,7 @@ import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
 import { runDrills } from "../shared/restore/drill.ts";
 import { Conflict } from "../shared/restore/errors.ts";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, storeOf, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("engine");
 const sql = db.sql;
@@ -155,11 +155,11 @@ dbTest("a plan counts rows per table and changes nothing", async () => {
   await sql`insert into public.lessons (tenant_id, body) values (101, 'new one'), (101, 'new two')`;
   const d = await digest(101);
   const v = await versions(101);
+  const store = await storeOf(sql, snap.tables.find((t) => t.name === "public.enrollments")!.id);
   const [{ n: nulls }] = await sql<{ n: string }[]>`
-    select count(*) as n from pitr_store.${
-    sql(`t${snap.tables.find((t) => t.name === "public.enrollments")!.id}`)
-  }
-    where score is null`;
+    select count(*) as n from pitr_store.${sql(store.table)} s
+    where s.pitr_tenant = ${store.tenant} and s.pitr_from <= ${store.seq}
+      and (s.pitr_to is null or s.pitr_to > ${store.seq}) and score is null`;
   const plan = await planRestore(sql, { snapshotId: snap.snapshot_id });
   const lessons = plan.tables.find((t) => t.table === "public.lessons")!;
   assert.deepEqual(lessons, {
@@ -237,8 +237,12 @@ dbTest("a snapshot altered behind the service's back fails validation and is ref
   const snap = await takeSnapshot(sql, { tenantId: "102" });
   const users = snap.tables.find((t) => t.name === "public.users")!;
   assert.equal((await validateSnapshot(sql, snap.snapshot_id)).valid, true);
-  await sql`update pitr_store.${sql(`t${users.id}`)} set display_name = 'forged'
-    where email = (select min(email) from pitr_store.${sql(`t${users.id}`)})`;
+  const store = await storeOf(sql, users.id);
+  await sql`update pitr_store.${sql(store.table)} set display_name = 'forged'
+    where pitr_tenant = ${store.tenant} and email = (select min(email) from pitr_store.${
+    sql(store.table)
+  }
+      where pitr_tenant = ${store.tenant})`;
   const v = await validateSnapshot(sql, snap.snapshot_id);
   assert.equal(v.valid, false);
   const bad = v.checks.find((c) => !c.ok)!;
@@ -380,6 +384,66 @@ dbTest(
       { n: string }[]
     >`select count(*) as n from public.backup_pitr_drills where tenant_id = '102' and ok`;
     assert.equal(Number(n), 1);
+  },
+);
+
+dbTest("restores of different tenants run side by side", async () => {
+  const a = await takeSnapshot(sql, { tenantId: "101" });
+  const b = await takeSnapshot(sql, { tenantId: "102" });
+  const da = await digest(101);
+  const dbb = await digest(102);
+  await damage(101);
+  await damage(102);
+  const [ra, rb] = await Promise.all([
+    restore(a.snapshot_id, "101"),
+    restore(b.snapshot_id, "102"),
+  ]);
+  assert.equal(ra.status, "completed", JSON.stringify(ra.error));
+  assert.equal(rb.status, "completed", JSON.stringify(rb.error));
+  assert.equal(await digest(101), da);
+  assert.equal(await digest(102), dbb);
+});
+
+dbTest(
+  "a second snapshot of an unchanged tenant stores no row; a changed row adds one version",
+  async () => {
+    const storedRows = async () => {
+      let n = 0;
+      for (
+        const { store_table } of await sql<{ store_table: string }[]>`
+        select store_table from public.backup_stores`
+      ) {
+        const [r] = await sql<{ n: string }[]>`select count(*) as n from pitr_store.${
+          sql(store_table)
+        }`;
+        n += Number(r.n);
+      }
+      return n;
+    };
+    const first = await takeSnapshot(sql, { tenantId: "103" });
+    const before = await storedRows();
+    const second = await takeSnapshot(sql, { tenantId: "103" });
+    assert.equal(await storedRows(), before);
+    assert.deepEqual(
+      second.tables.map((t) => [t.name, t.rows, t.checksum]),
+      first.tables.map((t) => [t.name, t.rows, t.checksum]),
+    );
+    await sql`update public.lessons set body = 'one change' where tenant_id = 103 and body = 'Lesson 1'`;
+    const third = await takeSnapshot(sql, { tenantId: "103" });
+    assert.equal(await storedRows(), before + 1);
+    assert.notEqual(
+      third.tables.find((t) => t.name === "public.lessons")!.checksum,
+      first.tables.find((t) => t.name === "public.lessons")!.checksum,
+    );
+    // Each snapshot still holds exactly its own rows, and dropping one keeps the others whole.
+    await sql`select pitr.drop_snapshot(${second.snapshot_id})`;
+    assert.equal((await validateSnapshot(sql, first.snapshot_id)).valid, true);
+    assert.equal((await validateSnapshot(sql, third.snapshot_id)).valid, true);
+    const status = await restore(first.snapshot_id, "103", { tables: ["lessons"] });
+    assert.equal(status.status, "completed", JSON.stringify(status.error));
+    const [{ body }] = await sql<{ body: string }[]>`
+    select body from public.lessons where tenant_id = 103 order by id limit 1`;
+    assert.equal(body, "Lesson 1");
   },
 );
 

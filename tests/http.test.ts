@@ -6,7 +6,7 @@ import { createLocalJWKSet, exportJWK, generateKeyPair, SignJWT } from "jose";
 import { connect } from "../shared/db/client.ts";
 import { appFromEnv, createApp, FUNCTIONS } from "../shared/http/app.ts";
 import { transactionPoolerReason } from "../shared/http/pooler.ts";
-import { cleanup, dbTest, testDatabase, withDatabase } from "./_db.ts";
+import { cleanup, dbTest, storeOf, testDatabase, withDatabase } from "./_db.ts";
 
 const db = await testDatabase("http");
 const sql = db.sql;
@@ -546,11 +546,15 @@ dbTest(
   "a snapshot altered behind the service's back: validate says invalid, plan and execute are 422",
   async () => {
     const id = await snapshot("102");
-    const [{ id: store }] = await sql<{ id: string }[]>`
+    const [{ id: users }] = await sql<{ id: string }[]>`
     select id from public.backup_snapshot_tables
     where snapshot_id = ${id} and table_schema = 'public' and table_name = 'users'`;
-    await sql`update pitr_store.${sql(`t${store}`)} set display_name = 'forged'
-    where email = (select min(email) from pitr_store.${sql(`t${store}`)})`;
+    const store = await storeOf(sql, users);
+    await sql`update pitr_store.${sql(store.table)} set display_name = 'forged'
+    where pitr_tenant = ${store.tenant} and email = (select min(email) from pitr_store.${
+      sql(store.table)
+    }
+      where pitr_tenant = ${store.tenant})`;
     await sql`update public.users set display_name = 'live' where tenant_id = 102`;
     const before = await digest(102);
     const rows = await historyRows("102");

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { runDrills } from "../shared/restore/drill.ts";
 import { createRestore } from "../shared/restore/history.ts";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, storeOf, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("rls");
 const sql = db.sql;
@@ -99,9 +99,9 @@ dbTest("authenticated users cannot write any backup table, nor read the stored r
     ),
     /permission denied/,
   );
-  const store = s301.tables[0].id;
+  const store = await storeOf(sql, s301.tables[0].id);
   await assert.rejects(
-    as("authenticated", "301", (tx) => tx`select * from pitr_store.${sql(`t${store}`)}`),
+    as("authenticated", "301", (tx) => tx`select * from pitr_store.${sql(store.table)}`),
     /permission denied/,
   );
   const [{ n }] = await sql<

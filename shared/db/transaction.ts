@@ -13,14 +13,24 @@ export function isConnectionLost(error: unknown): boolean {
   return CONNECTION_LOST.has(code) || code.startsWith("08") || code === "57P01";
 }
 
+export interface TransactionOptions {
+  isolation?: "read committed" | "repeatable read";
+  /** Runs on the session before BEGIN (a session lock the transaction's snapshot must follow). */
+  before?: (session: Sql) => Promise<void>;
+}
+
 export async function transaction<T>(
   sql: Sql,
   fn: (tx: Sql) => Promise<T>,
-  begin: "begin" | "begin isolation level repeatable read" = "begin",
+  options: TransactionOptions = {},
 ): Promise<T> {
   const session = connect(urlOf(sql), { max: 1 });
+  const begin = options.isolation === "repeatable read"
+    ? "begin isolation level repeatable read"
+    : "begin";
   let lost = false;
   try {
+    await options.before?.(session);
     // Fixed text chosen from two literals above, never caller input.
     await session.unsafe(begin);
     const result = await fn(session);

@@ -4,6 +4,8 @@
 import type { Db } from "../db/client.ts";
 import { RestoreFailed, Unprocessable } from "./errors.ts";
 import { type Plan, planRestore, type Strategy } from "./plan.ts";
+import { pickTables, protectedTables } from "./catalog.ts";
+import { lockTenant } from "./lock.ts";
 import { getSnapshot, snapshotIn } from "./snapshot.ts";
 
 /** Rows written per statement: the unit of progress. */
@@ -50,14 +52,17 @@ export async function applySnapshot(
   await tx`select set_config('lock_timeout', ${`${options.lockTimeoutMs ?? 5000}ms`}, true)`;
 
   const snapshot = await getSnapshot(tx, snapshotId);
-  const [{ locked }] = await tx<{ locked: boolean }[]>`
-    select pg_try_advisory_xact_lock(hashtext('pitr:tenant'), hashtext(${snapshot.tenant_id})) as locked`;
-  if (!locked) {
-    throw new RestoreFailed(
-      "tenant_busy",
-      `tenant ${snapshot.tenant_id} is being restored or drilled`,
-    );
-  }
+  await lockTenant(tx, snapshot.tenant_id, "xact");
+
+  // The undo snapshot comes first: it writes to the same stores that the plan below points into.
+  const protectedNow = new Set((await protectedTables(tx)).map((t) => t.name));
+  const undo = options.drill ? null : await snapshotIn(tx, {
+    tenantId: snapshot.tenant_id,
+    tables: pickTables(snapshot.tables, options.tables, "a table of this snapshot")
+      .map((t) => t.name).filter((n) => protectedNow.has(n)),
+    kind: "undo",
+    label: `before restore of snapshot ${snapshotId}`,
+  });
 
   const plan = await planRestore(
     tx,
@@ -77,12 +82,6 @@ export async function applySnapshot(
     }
   }
 
-  const undo = options.drill ? null : await snapshotIn(tx, {
-    tenantId: snapshot.tenant_id,
-    tables: plan.order,
-    kind: "undo",
-    label: `before restore of snapshot ${snapshotId}`,
-  });
   // The work is the rows written and deleted; rows equal to the snapshot cost nothing.
   const rowsTotal = plan.totals.insert + plan.totals.update + plan.totals.delete;
   const writes = new Map(plan.tables.map((c) => [c.table, c.insert + c.update]));

@@ -63,7 +63,6 @@ export function pickTables<T extends { name: string }>(
     }
     if (!picked.includes(found)) picked.push(found);
   }
-  if (picked.length === 0) throw new BadRequest("invalid_request", "tables must not be empty");
   return picked;
 }
 

@@ -2,6 +2,7 @@
 // copied inside the database with checksums. It must never move rows through this process.
 import type { Db, Sql } from "../db/client.ts";
 import { transaction } from "../db/transaction.ts";
+import { lockTenant } from "./lock.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { NotFound } from "./errors.ts";
 
@@ -36,8 +37,19 @@ export interface Snapshot {
 
 /** Snapshot in its own REPEATABLE READ transaction: one consistent read across tables. */
 export function takeSnapshot(sql: Sql, request: SnapshotRequest): Promise<Snapshot> {
-  return transaction(sql, (tx) => snapshotIn(tx, request), "begin isolation level repeatable read");
+  return transaction(sql, (tx) => snapshotIn(tx, request), {
+    isolation: "repeatable read",
+    before: (session) => lockTenantForSnapshot(session, request.tenantId),
+  });
 }
+
+/** Snapshots of a tenant wait for each other and for its restores (each compares with the last). */
+export async function lockTenantForSnapshot(session: Sql, tenantId: string) {
+  await session`select set_config('lock_timeout', ${`${SNAPSHOT_LOCK_WAIT_MS}ms`}, false)`;
+  await lockTenant(session, tenantId, "session");
+}
+
+const SNAPSHOT_LOCK_WAIT_MS = Number(Deno.env.get("PITR_SNAPSHOT_LOCK_WAIT_MS") ?? 30_000);
 
 /** Snapshot inside a transaction the caller holds (the restore's undo snapshot). */
 export async function snapshotIn(tx: Db, request: SnapshotRequest): Promise<Snapshot> {

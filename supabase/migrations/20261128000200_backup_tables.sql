@@ -12,8 +12,12 @@ create table public.backup_protected_tables (
 comment on table public.backup_protected_tables is
   'Which tables hold tenant data. Without a row, every public table with a tenant_id column is protected.';
 
+-- Orders snapshots: a stored row version belongs to the snapshots whose seq falls in its range.
+create sequence public.backup_snapshot_seq;
+
 create table public.backup_snapshots (
   id uuid primary key default gen_random_uuid(),
+  seq bigint not null default nextval('public.backup_snapshot_seq') unique,
   tenant_id text not null,
   label text,
   kind text not null default 'manual' check (kind in ('manual', 'undo', 'point_in_time')),
@@ -23,7 +27,31 @@ create table public.backup_snapshots (
 );
 create index backup_snapshots_tenant_created on public.backup_snapshots (tenant_id, created_at desc);
 
--- One row per table in a snapshot; the rows themselves are a typed copy in pitr_store.<store_table>.
+-- One store per table and column signature: pitr_store.<store_table> holds typed row versions
+-- of every tenant's snapshots of that table (see pitr.store_rows). A schema change starts a new one.
+create table public.backup_stores (
+  id bigint generated always as identity primary key,
+  table_schema text not null,
+  table_name text not null,
+  columns jsonb not null,
+  store_table text not null unique,
+  -- Rows of these column types are hashed by their text (see pitr.hash_by_text).
+  hash_by_text boolean not null,
+  created_at timestamptz not null default clock_timestamp(),
+  unique (table_schema, table_name, columns)
+);
+
+-- Per store and tenant, the versions still open (the tenant's latest snapshot of the table):
+-- their count and hash sum, so a new snapshot's checksum follows from what it changed.
+create table public.backup_store_heads (
+  store_id bigint not null references public.backup_stores (id) on delete cascade,
+  tenant_id text not null,
+  row_count bigint not null,
+  hash_sum numeric not null,
+  primary key (store_id, tenant_id)
+);
+
+-- One row per table in a snapshot; its rows are the versions of store_table that it covers.
 create table public.backup_snapshot_tables (
   id bigint generated always as identity primary key,
   snapshot_id uuid not null references public.backup_snapshots (id) on delete cascade,
@@ -32,7 +60,9 @@ create table public.backup_snapshot_tables (
   table_schema text not null,
   table_name text not null,
   tenant_column text not null,
+  store_id bigint references public.backup_stores (id),
   store_table text,
+  seq bigint not null,
   columns jsonb not null,
   primary_key text[] not null,
   row_count bigint not null default 0,
@@ -112,6 +142,8 @@ create table public.backup_fk_constraints_cache (
 alter table public.backup_protected_tables enable row level security;
 alter table public.backup_snapshots enable row level security;
 alter table public.backup_snapshot_tables enable row level security;
+alter table public.backup_stores enable row level security;
+alter table public.backup_store_heads enable row level security;
 alter table public.backup_pitr_rollback_history enable row level security;
 alter table public.backup_pitr_drills enable row level security;
 alter table public.backup_fk_constraints_cache enable row level security;
@@ -144,6 +176,9 @@ revoke insert, update, delete, truncate on public.backup_protected_tables, publi
 revoke all on public.backup_protected_tables, public.backup_snapshots,
   public.backup_snapshot_tables, public.backup_pitr_rollback_history, public.backup_pitr_drills,
   public.backup_fk_constraints_cache from anon;
+-- The stores' bookkeeping has no policy: only the service reads it.
+revoke all on public.backup_stores, public.backup_store_heads from anon, authenticated;
+grant all on public.backup_stores, public.backup_store_heads to service_role;
 grant all on public.backup_protected_tables, public.backup_snapshots,
   public.backup_snapshot_tables, public.backup_pitr_rollback_history, public.backup_pitr_drills,
   public.backup_fk_constraints_cache to service_role;

@@ -18,6 +18,7 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
     where c.oid = p_relid and n.nspname = 'public'
       and c.relname in ('backup_protected_tables', 'backup_snapshots', 'backup_snapshot_tables',
         'backup_pitr_rollback_history', 'backup_pitr_drills', 'backup_fk_constraints_cache',
+        'backup_stores', 'backup_store_heads',
         'pitr_settings', 'pitr_capture_tables', 'pitr_changes', 'pitr_changes_default'))
     or exists (
       select from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -158,98 +159,230 @@ $$;
 -- An order-independent digest of a set of rows: the row count and the sum of a 64-bit hash of
 -- each row. The hash is hash_record_extended, built from each column type's own hash function
 -- (the ones hash partitioning relies on, stable across versions) and far cheaper than hashing a
--- row's text. A row with a column type that has no hash function (json, xml, point) is hashed
--- by its text instead, with the settings that shape a value's text pinned by the SET clauses.
-create function pitr.digest(p_from text, p_exprs text[]) returns text
+-- row's text. Tables with a column type that has no hash function (json, xml, point) hash each
+-- row's text instead, with the settings that shape a value's text pinned by the SET clauses.
+create function pitr.row_hash_sql(p_exprs text[], p_by_text boolean) returns text
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+  select format(case when p_by_text then 'hashtextextended(row(%s)::text, 0)'
+    else 'hash_record_extended(row(%s), 0)' end, array_to_string(p_exprs, ', '))
+$$;
+
+-- Whether rows of these types must be hashed by their text. Decided from the types alone (the
+-- lookup fails for a NULL of such a type too), so every row of a store is hashed the same way.
+create function pitr.hash_by_text(p_types text[]) returns boolean
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+begin
+  execute format('select hash_record_extended(row(%s), 0)',
+    (select string_agg(format('null::%s', t), ', ') from unnest(p_types) t));
+  return false;
+exception when undefined_function then
+  return true;
+end
+$$;
+
+create function pitr.digest(p_from text, p_exprs text[], p_by_text boolean) returns text
 language plpgsql stable
 set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
 set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
 as $$
 declare
   v text;
-  v_sql text := 'select count(*)::text || '':'' || coalesce(sum(%s::numeric), 0)::text from %s';
 begin
-  begin
-    execute format(v_sql, format('hash_record_extended(row(%s), 0)', array_to_string(p_exprs, ', ')),
-      p_from) into v;
-  exception when undefined_function then
-    execute format(v_sql, format('hashtextextended(row(%s)::text, 0)', array_to_string(p_exprs, ', ')),
-      p_from) into v;
-  end;
+  execute format('select count(*)::text || '':'' || coalesce(sum(%s::numeric), 0)::text from %s',
+    pitr.row_hash_sql(p_exprs, p_by_text), p_from)
+  into v;
   return v;
 end
 $$;
 
--- Copies one table's rows of the snapshot's tenant into a typed table in pitr_store (the fastest
--- and smallest of the stores measured) and records its columns, key, row count and checksum.
--- Call it inside the snapshot's one REPEATABLE READ transaction.
-create function pitr.snapshot_table(p_snapshot uuid, p_position integer, p_relid oid)
-returns bigint
+-- Snapshot storage. Each table has a store per column signature, pitr_store.sN: its columns, then
+-- pitr_tenant, and the range of snapshot seqs [pitr_from, pitr_to) a row version belongs to
+-- (pitr_to null: still in the tenant's latest snapshot of the table), and the row's hash. A new
+-- snapshot writes only the versions that changed since the tenant's latest snapshot of the table,
+-- so a second snapshot of an unchanged tenant stores nothing.
+create function pitr.store_for(p_relid oid) returns public.backup_stores
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_schema text;
+  v_table text;
+  v_cols jsonb;
+  v_store public.backup_stores;
+  v_name text;
+begin
+  select n.nspname, c.relname into v_schema, v_table
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = p_relid;
+  select jsonb_agg(jsonb_build_object('name', c.name, 'type', c.type)) into v_cols
+  from pitr.live_columns(p_relid) c where not c.is_generated;
+  select * into v_store from public.backup_stores
+  where table_schema = v_schema and table_name = v_table and columns = v_cols;
+  if found then
+    return v_store;
+  end if;
+  -- Serialise the creation of a table's store between concurrent snapshots.
+  perform pg_advisory_xact_lock(hashtext('pitr:store'), p_relid::int4);
+  select * into v_store from public.backup_stores
+  where table_schema = v_schema and table_name = v_table and columns = v_cols;
+  if found then
+    return v_store;
+  end if;
+  v_name := 's' || nextval(pg_get_serial_sequence('public.backup_stores', 'id'));
+  execute format('create table pitr_store.%I (%s, pitr_tenant text not null,
+      pitr_from bigint not null, pitr_to bigint, pitr_hash bigint not null)',
+    v_name, (select string_agg(format('%I %s', c ->> 'name', c ->> 'type'), ', ')
+      from jsonb_array_elements(v_cols) c));
+  execute format('create index on pitr_store.%I (pitr_tenant, pitr_from)', v_name);
+  insert into public.backup_stores (id, table_schema, table_name, columns, store_table, hash_by_text)
+  overriding system value
+  values (substr(v_name, 2)::bigint, v_schema, v_table, v_cols, v_name,
+    pitr.hash_by_text(array(select c ->> 'type' from jsonb_array_elements(v_cols) c)))
+  returning * into v_store;
+  return v_store;
+end
+$$;
+
+-- Which versions of a store make up one tenant's snapshot seq, on alias s.
+create function pitr.members(p_tenant text, p_seq bigint) returns text
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+  select format('s.pitr_tenant = %L and s.pitr_from <= %s and (s.pitr_to is null or s.pitr_to > %s)',
+    p_tenant, p_seq, p_seq)
+$$;
+
+-- Records snapshot p_seq of a tenant's rows of one table into the table's store. p_source is a
+-- query built by the engine (never caller text) yielding the store's columns on alias l. Versions
+-- equal to a row (by key and binary image) stay open; the others are closed at p_seq, and the
+-- rows without an equal open version are added. Returns the snapshot's row count and checksum,
+-- kept per tenant in backup_store_heads so that they follow from the changes alone.
+create function pitr.store_rows(p_store_id bigint, p_tenant text, p_seq bigint, p_pk text[],
+  p_source text, out stored_rows bigint, out stored_checksum text)
 language plpgsql
 set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
 set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
 as $$
 declare
-  v_tenant text;
-  v_table record;
-  v_cols jsonb;
-  v_names text[];
-  v_pk text[];
-  v_id bigint;
-  v_store text;
+  st public.backup_stores := (select x from public.backup_stores x where x.id = p_store_id);
+  v_cols text[] := array(select format('%I', c ->> 'name') from jsonb_array_elements(st.columns) c);
+  v_list text := array_to_string(v_cols, ', ');
+  v_l text := (select string_agg('l.' || c, ', ') from unnest(v_cols) c);
+  v_d text := (select string_agg('d.' || c, ', ') from unnest(v_cols) c);
+  v_pk text[] := array(select format('%I', k) from unnest(p_pk) k);
+  v_head public.backup_store_heads;
   v_rows bigint;
+  v_sum numeric;
 begin
-  select tenant_id into v_tenant from public.backup_snapshots where id = p_snapshot;
+  select * into v_head from public.backup_store_heads where store_id = p_store_id and tenant_id = p_tenant
+  for update;
+  if not found then
+    execute format('with added as (insert into pitr_store.%I (%s, pitr_tenant, pitr_from, pitr_hash)
+        select %s, %L, %s, %s from %s l returning pitr_hash)
+      select count(*), coalesce(sum(pitr_hash::numeric), 0) from added',
+      st.store_table, v_list, v_l, p_tenant, p_seq,
+      pitr.row_hash_sql(array(select 'l.' || c from unnest(v_cols) c), st.hash_by_text), p_source)
+    into v_rows, v_sum;
+    insert into public.backup_store_heads values (p_store_id, p_tenant, v_rows, v_sum)
+    returning * into v_head;
+  else
+    execute format('with d as materialized (
+        select l.*, v.pitr_vctid, l.%1$s is not null as pitr_new
+        from %2$s l
+        full join (select s.ctid as pitr_vctid, s.* from pitr_store.%3$I s
+          where s.pitr_tenant = %4$L and s.pitr_to is null) v on %5$s
+        where l.%1$s is null or v.%1$s is null or record_image_ne(row(%6$s), row(%7$s))),
+      closed as (update pitr_store.%3$I s set pitr_to = %8$s from d
+        where s.ctid = d.pitr_vctid returning s.pitr_hash),
+      added as (insert into pitr_store.%3$I (%9$s, pitr_tenant, pitr_from, pitr_hash)
+        select %10$s, %4$L, %8$s, %11$s from d where d.pitr_new returning pitr_hash)
+      select (select count(*) from added) - (select count(*) from closed),
+        (select coalesce(sum(pitr_hash::numeric), 0) from added)
+          - (select coalesce(sum(pitr_hash::numeric), 0) from closed)',
+      v_pk[1], p_source, st.store_table, p_tenant,
+      pitr.join_on(v_pk, 'l', 'v'), v_l, (select string_agg('v.' || c, ', ') from unnest(v_cols) c),
+      p_seq, v_list, v_d,
+      pitr.row_hash_sql(array(select 'd.' || c from unnest(v_cols) c), st.hash_by_text))
+    into v_rows, v_sum;
+    update public.backup_store_heads
+    set row_count = row_count + v_rows, hash_sum = hash_sum + v_sum
+    where store_id = p_store_id and tenant_id = p_tenant
+    returning * into v_head;
+  end if;
+  stored_rows := v_head.row_count;
+  stored_checksum := v_head.row_count || ':' || v_head.hash_sum;
+end
+$$;
+
+-- Records one table's rows of the snapshot's tenant in the table's store (typed, the fastest
+-- and smallest of the stores measured), with the columns, key, row count and checksum.
+-- Call it inside the snapshot's one REPEATABLE READ transaction.
+create function pitr.snapshot_table(p_snapshot uuid, p_position integer, p_relid oid)
+returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_table record;
+begin
   select * into v_table from pitr.protected_tables where relid = p_relid;
   if not found then
     raise exception 'table % is not protected', p_relid::regclass using errcode = 'PT404';
   end if;
+  return pitr.snapshot_table_from(p_snapshot, p_position, p_relid, format('(select %s from %I.%I l where %s)',
+    (select string_agg(format('l.%I', c.name), ', ') from pitr.live_columns(p_relid) c
+      where not c.is_generated),
+    v_table.table_schema, v_table.table_name,
+    pitr.tenant_predicate(p_relid, v_table.tenant_column,
+      (select tenant_id from public.backup_snapshots where id = p_snapshot))));
+end
+$$;
+
+-- The part of a snapshot every source shares: p_source (built by the engine) yields the table's
+-- non-generated columns, today's types, for the snapshot's tenant.
+create function pitr.snapshot_table_from(p_snapshot uuid, p_position integer, p_relid oid,
+  p_source text)
+returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp as $$
+declare
+  v_snap public.backup_snapshots := (select x from public.backup_snapshots x where x.id = p_snapshot);
+  v_table record;
+  v_pk text[];
+  v_store public.backup_stores;
+  v_id bigint;
+  v_stored record;
+begin
+  select * into v_table from pitr.protected_tables where relid = p_relid;
   v_pk := pitr.primary_key_of(p_relid);
   if v_pk is null then
     raise exception 'table %.% has no primary key', v_table.table_schema, v_table.table_name
       using errcode = 'PT422';
   end if;
-  -- Generated columns are left out: they are recomputed on restore.
-  select jsonb_agg(jsonb_build_object('name', c.name, 'type', c.type)), array_agg(c.name)
-  into v_cols, v_names
-  from pitr.live_columns(p_relid) c where not c.is_generated;
-
+  v_store := pitr.store_for(p_relid);
+  v_stored := pitr.store_rows(v_store.id, v_snap.tenant_id, v_snap.seq, v_pk, p_source);
   insert into public.backup_snapshot_tables (snapshot_id, tenant_id, position, table_schema,
-    table_name, tenant_column, columns, primary_key)
-  values (p_snapshot, v_tenant, p_position, v_table.table_schema, v_table.table_name,
-    v_table.tenant_column, v_cols, v_pk)
+    table_name, tenant_column, store_id, store_table, seq, columns, primary_key, row_count, checksum)
+  values (p_snapshot, v_snap.tenant_id, p_position, v_table.table_schema, v_table.table_name,
+    v_table.tenant_column, v_store.id, v_store.store_table, v_snap.seq, v_store.columns, v_pk,
+    v_stored.stored_rows, v_stored.stored_checksum)
   returning id into v_id;
-  v_store := 't' || v_id;
-
-  execute format('create table pitr_store.%I as select %s from %I.%I l where %s',
-    v_store,
-    (select string_agg(format('%I', n), ', ') from unnest(v_names) n),
-    v_table.table_schema, v_table.table_name,
-    pitr.tenant_predicate(p_relid, v_table.tenant_column, v_tenant));
-  get diagnostics v_rows = row_count;
-
-  update public.backup_snapshot_tables
-  set store_table = v_store, row_count = v_rows,
-    checksum = pitr.digest(format('pitr_store.%I', v_store),
-      array(select format('%I', n) from unnest(v_names) n))
-  where id = v_id;
   return v_id;
 end
 $$;
 
--- Drops a snapshot and its stored rows.
+-- Drops a snapshot, and the row versions that no other snapshot of its tenant covers. The
+-- versions still open stay: they are what the tenant's next snapshot is compared with.
 create function pitr.drop_snapshot(p_snapshot uuid) returns void
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_store text;
+  v_st record;
 begin
-  for v_store in
-    select store_table from public.backup_snapshot_tables
-    where snapshot_id = p_snapshot and store_table is not null
-  loop
-    execute format('drop table if exists pitr_store.%I', v_store);
-  end loop;
+  create temp table if not exists pitr_dropped (store_id bigint, store_table text, tenant_id text)
+    on commit drop;
+  insert into pitr_dropped
+  select distinct store_id, store_table, tenant_id from public.backup_snapshot_tables
+  where snapshot_id = p_snapshot;
   delete from public.backup_snapshots where id = p_snapshot;
+  for v_st in select distinct * from pitr_dropped loop
+    execute format('delete from pitr_store.%I s where s.pitr_tenant = %L and s.pitr_to is not null
+        and not exists (select from public.backup_snapshot_tables t where t.store_id = %s
+          and t.tenant_id = %L and t.seq >= s.pitr_from and t.seq < s.pitr_to)',
+      v_st.store_table, v_st.tenant_id, v_st.store_id, v_st.tenant_id);
+  end loop;
+  delete from pitr_dropped;
 end
 $$;
 
@@ -257,7 +390,9 @@ $$;
 create type pitr.restore_sql as (
   relid oid,
   live text,         -- "schema"."table"
-  store text,        -- pitr_store."tN"
+  store text,        -- pitr_store."sN"
+  members text,      -- which of the store's versions are this snapshot's rows, on alias s
+  by_text boolean,   -- the store hashes rows by their text
   tenant_pred text,  -- on alias l
   cols text[],       -- quoted names of the columns restored: in the snapshot and writable now
   exprs text[],      -- the snapshot's value of each, on alias s, cast to today's type
@@ -288,6 +423,8 @@ begin
   end if;
   r.live := format('%I.%I', v_st.table_schema, v_st.table_name);
   r.store := format('pitr_store.%I', v_st.store_table);
+  r.members := pitr.members(v_st.tenant_id, v_st.seq);
+  r.by_text := (select hash_by_text from public.backup_stores where id = v_st.store_id);
   r.tenant_pred := pitr.tenant_predicate(r.relid, v_st.tenant_column, v_st.tenant_id);
   r.checksum := v_st.checksum;
   r.writes := format('pg_temp.%I', 'pitr_write_' || p_snapshot_table);
@@ -324,10 +461,10 @@ $$;
 -- rows whose ctids that subquery yields (a batch of the write set).
 create function pitr.target_sql(r pitr.restore_sql, p_rows text default null) returns text
 language sql immutable set search_path = pg_catalog, pg_temp as $$
-  select format('(select s.ctid as pitr_ctid, %s from %s s%s)',
+  select format('(select s.ctid as pitr_ctid, %s from %s s where %s%s)',
     (select string_agg(format('%s as %s', e, c), ', ') from unnest(r.exprs, r.cols) x(e, c)),
-    r.store,
-    case when p_rows is null then '' else format(' where s.ctid = any (array(%s))', p_rows) end)
+    r.store, r.members,
+    case when p_rows is null then '' else format(' and s.ctid = any (array(%s))', p_rows) end)
 $$;
 
 create function pitr.join_on(p_cols text[], p_left text, p_right text) returns text
@@ -375,8 +512,8 @@ begin
     r.writes) into v_ins, v_upd;
   if p_strategy = 'overwrite' then
     execute format('drop table if exists %s; create temp table %s on commit drop as
-        select l.* from %s l where %s and not exists (select from %s s where %s)',
-      r.deletes, r.deletes, r.live, r.tenant_pred, r.store,
+        select l.* from %s l where %s and not exists (select from %s s where %s and %s)',
+      r.deletes, r.deletes, r.live, r.tenant_pred, r.store, r.members,
       (select string_agg(format('l.%s = %s', c, e), ' and ')
          from unnest(r.cols, r.exprs) x(c, e) where c = any (r.pk)));
     get diagnostics v_del = row_count;
@@ -488,9 +625,10 @@ declare
 begin
   if p_strategy = 'overwrite' then
     v_live := pitr.digest(format('%s l where %s', r.live, r.tenant_pred),
-      array(select 'l.' || c from unnest(r.cols) c));
+      array(select 'l.' || c from unnest(r.cols) c), r.by_text);
     v_expected := case when r.exact then r.checksum
-      else pitr.digest(pitr.target_sql(r) || ' t', array(select 't.' || c from unnest(r.cols) c)) end;
+      else pitr.digest(pitr.target_sql(r) || ' t', array(select 't.' || c from unnest(r.cols) c),
+        r.by_text) end;
     return query select v_live = v_expected, v_live, v_expected;
   else
     execute format('select count(*) from %s t where not exists (select from %s l where %s and %s)',
@@ -606,14 +744,15 @@ declare
 begin
   select * into v_st from public.backup_snapshot_tables where id = p_snapshot_table;
   v_name := format('%s.%s', v_st.table_schema, v_st.table_name);
-  if v_st.store_table is null
-      or to_regclass(format('pitr_store.%I', v_st.store_table)) is null then
+  if to_regclass(format('pitr_store.%I', v_st.store_table)) is null then
     return query select 'checksum', false, 'error', format('the stored rows of %s are missing', v_name);
     return;
   end if;
   -- A restore skips this pass: it compares what it wrote with the recorded checksum instead.
-  v_digest := case when p_checksum then pitr.digest(format('pitr_store.%I', v_st.store_table),
-    array(select format('%I', c ->> 'name') from jsonb_array_elements(v_st.columns) c))
+  v_digest := case when p_checksum then pitr.digest(
+      format('pitr_store.%I s where %s', v_st.store_table, pitr.members(v_st.tenant_id, v_st.seq)),
+      array(select format('s.%I', c ->> 'name') from jsonb_array_elements(v_st.columns) c),
+      (select hash_by_text from public.backup_stores where id = v_st.store_id))
     else v_st.checksum end;
   if v_digest is distinct from v_st.checksum then
     return query select 'checksum', false, 'error',
@@ -655,7 +794,8 @@ begin
     left join pitr.live_columns(v_relid) c on c.name = s.col ->> 'name'
   loop
     if v_col.new_type is null or v_col.is_generated then
-      execute format('select count(*) from pitr_store.%I where %I is not null', v_st.store_table, v_col.name)
+      execute format('select count(*) from pitr_store.%I s where %s and s.%I is not null',
+        v_st.store_table, pitr.members(v_st.tenant_id, v_st.seq), v_col.name)
       into v_bad;
       return query select 'columns', v_bad = 0, case when v_bad = 0 then 'warning' else 'error' end,
         format('column %s.%s was dropped since the snapshot%s', v_name, v_col.name,
@@ -664,8 +804,9 @@ begin
     elsif v_col.new_type <> v_col.old_type then
       begin
         -- A value survives the new type when it casts there and back unchanged.
-        execute format('select count(*) from pitr_store.%I s where s.%I::%s::%s is distinct from s.%I',
-          v_st.store_table, v_col.name, v_col.new_type, v_col.old_type, v_col.name)
+        execute format('select count(*) from pitr_store.%I s where %s and s.%I::%s::%s is distinct from s.%I',
+          v_st.store_table, pitr.members(v_st.tenant_id, v_st.seq), v_col.name, v_col.new_type,
+          v_col.old_type, v_col.name)
         into v_bad;
         return query select 'columns', v_bad = 0, case when v_bad = 0 then 'warning' else 'error' end,
           format('column %s.%s changed type from %s to %s%s', v_name, v_col.name, v_col.old_type,

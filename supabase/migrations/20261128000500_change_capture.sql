@@ -230,69 +230,40 @@ grant execute on function public.pitr_capture_enable(text), public.pitr_capture_
 
 -- The tenant's rows of one table as they were at p_at, built from the rows now and the log of
 -- what changed since: a key changed after p_at takes the old image of its first change after
--- p_at (none if that change was its insert); any other key is as it is now. Stored as a typed
--- copy like a snapshot's, so plan, execute and verify treat it as one.
+-- p_at (none if that change was its insert); any other key is as it is now. Stored like any
+-- snapshot (pitr.snapshot_table_from), so plan, execute and verify treat it as one.
 create function pitr.snapshot_table_at(p_snapshot uuid, p_position integer, p_relid oid,
   p_at timestamptz)
 returns bigint
-language plpgsql
-set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
-set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
-as $$
+language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
-  v_tenant text;
   v_table record;
-  v_cols jsonb;
-  v_names text[];
-  v_pk text[];
-  v_id bigint;
-  v_store text;
-  v_rows bigint;
   v_pred text;
   v_select text;
 begin
-  select tenant_id into v_tenant from public.backup_snapshots where id = p_snapshot;
   select * into v_table from pitr.protected_tables where relid = p_relid;
   if not exists (select from public.pitr_capture_tables c
       where c.relid = p_relid and c.enabled_at <= p_at) then
     raise exception 'table %.% has no change log back to %', v_table.table_schema,
       v_table.table_name, p_at using errcode = 'PT422';
   end if;
-  v_pk := pitr.primary_key_of(p_relid);
-  select jsonb_agg(jsonb_build_object('name', c.name, 'type', c.type)), array_agg(c.name)
-  into v_cols, v_names
-  from pitr.live_columns(p_relid) c where not c.is_generated;
-
-  insert into public.backup_snapshot_tables (snapshot_id, tenant_id, position, table_schema,
-    table_name, tenant_column, columns, primary_key)
-  values (p_snapshot, v_tenant, p_position, v_table.table_schema, v_table.table_name,
-    v_table.tenant_column, v_cols, v_pk)
-  returning id into v_id;
-  v_store := 't' || v_id;
-  v_pred := pitr.tenant_predicate(p_relid, v_table.tenant_column, v_tenant);
-  v_select := (select string_agg(format('l.%I', n), ', ') from unnest(v_names) n);
-
-  execute format(
-    'create table pitr_store.%1$I as
-     with changed as materialized (
+  v_pred := pitr.tenant_predicate(p_relid, v_table.tenant_column,
+    (select tenant_id from public.backup_snapshots where id = p_snapshot));
+  v_select := (select string_agg(format('l.%I', c.name), ', ') from pitr.live_columns(p_relid) c
+    where not c.is_generated);
+  return pitr.snapshot_table_from(p_snapshot, p_position, p_relid, format(
+    '(with changed as materialized (
        select distinct on (c.pk) c.pk, c.op, c.old_row
        from public.pitr_changes c
-       where c.relid = %2$s and c.changed_at > %3$L
+       where c.relid = %1$s and c.changed_at > %2$L
        order by c.pk, c.seq)
-     select %4$s from %5$I.%6$I l
-     where %7$s and not exists (select from changed ch where ch.pk = jsonb_build_object(%8$s))
+     select %3$s from %4$I.%5$I l
+     where %6$s and not exists (select from changed ch where ch.pk = jsonb_build_object(%7$s))
      union all
-     select %4$s from changed ch cross join lateral jsonb_populate_record(null::%5$I.%6$I, ch.old_row) l
-     where ch.op <> ''I'' and %7$s',
-    v_store, p_relid, p_at, v_select, v_table.table_schema, v_table.table_name, v_pred,
-    (select string_agg(format('%L, l.%I', k, k), ', ') from unnest(v_pk) k));
-  get diagnostics v_rows = row_count;
-
-  update public.backup_snapshot_tables
-  set store_table = v_store, row_count = v_rows,
-    checksum = pitr.digest(format('pitr_store.%I', v_store),
-      array(select format('%I', n) from unnest(v_names) n))
-  where id = v_id;
-  return v_id;
+     select %3$s from changed ch
+       cross join lateral jsonb_populate_record(null::%4$I.%5$I, ch.old_row) l
+     where ch.op <> ''I'' and %6$s)',
+    p_relid, p_at, v_select, v_table.table_schema, v_table.table_name, v_pred,
+    (select string_agg(format('%L, l.%I', k, k), ', ') from unnest(pitr.primary_key_of(p_relid)) k)));
 end
 $$;
