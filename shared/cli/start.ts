@@ -2,7 +2,7 @@
 // server, then prints a service-role token and a curl example. It must never be how production
 // runs: the development secret below is public.
 import { SignJWT } from "jose";
-import { configuredDatabaseUrl, connect } from "../db/client.ts";
+import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
 import { startEmbedded } from "../db/embedded.ts";
 import { migrate } from "../db/migrate.ts";
 import { transactionPoolerError, transactionPoolerReason } from "../http/pooler.ts";
@@ -25,6 +25,15 @@ export async function mintToken(
     .sign(new TextEncoder().encode(secret));
 }
 
+/** The demo application, into an embedded database that protects no table yet. */
+async function loadDemoOnce(sql: Sql): Promise<boolean> {
+  const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from pitr.protected_tables`;
+  if (n > 0) return false;
+  // The repository's own file, run as a whole like a migration.
+  await sql.unsafe(await Deno.readTextFile(new URL("./demo.sql", import.meta.url)));
+  return true;
+}
+
 const configured = configuredDatabaseUrl();
 if (configured && transactionPoolerReason(configured)) {
   console.error(
@@ -36,6 +45,7 @@ const embedded = configured ? undefined : await startEmbedded(".pitr/pg", 54322)
 const url = configured ?? embedded!.url;
 const sql = connect(url, { max: 10 });
 const applied = await migrate(sql);
+const demo = embedded ? await loadDemoOnce(sql) : false;
 
 const secret = Deno.env.get("SUPABASE_JWT_SECRET") || DEV_JWT_SECRET;
 const auth = { ...authConfigFromEnv(), jwtSecret: secret };
@@ -50,7 +60,9 @@ console.log(`pitr is running
     ? `embedded PostgreSQL 17 at ${url} (files in .pitr/pg)`
     : "from SUPABASE_DB_URL / DATABASE_URL"
 }
-  migrations ${applied.length ? `applied ${applied.join(", ")}` : "up to date"}
+  migrations ${applied.length ? `applied ${applied.join(", ")}` : "up to date"}${
+  demo ? "\n  demo data  tenants 101 and 102 (shared/cli/demo.sql)" : ""
+}
   functions  ${base}/<name>   (OpenAPI: ${base}/openapi.json)
   jwt secret ${
   secret === DEV_JWT_SECRET
