@@ -6,9 +6,10 @@ import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
 import { runDrills } from "../restore/drill.ts";
 import { Unprocessable } from "../restore/errors.ts";
 import { executeRestore } from "../restore/execute.ts";
-import { createRestore, getStatus, type RestoreStatus } from "../restore/history.ts";
+import { cancelRestore, createRestore, getStatus, type RestoreStatus } from "../restore/history.ts";
 import { normaliseTableName, pickTables } from "../restore/catalog.ts";
 import { planRestore } from "../restore/plan.ts";
+import { planAt, snapshotAt, validateAt } from "../restore/point_in_time.ts";
 import { getSnapshot, listSnapshots, type Snapshot, takeSnapshot } from "../restore/snapshot.ts";
 import { firstError, validateSnapshot } from "../restore/validate.ts";
 import {
@@ -21,6 +22,8 @@ import {
   requireTenant,
 } from "./auth.ts";
 import {
+  CancelBody,
+  CancelQuery,
   DrillBody,
   ExecuteBody,
   ExecuteQuery,
@@ -30,6 +33,7 @@ import {
   readJson,
   SnapshotCreate,
   SnapshotList,
+  type Source,
   StatusQuery,
   ValidateBody,
 } from "./contracts.ts";
@@ -65,12 +69,12 @@ export function createApp(deps: AppDeps): Hono {
     cors({
       origin: "*",
       allowHeaders: ["authorization", "x-client-info", "apikey", "content-type", "idempotency-key"],
-      allowMethods: ["GET", "POST", "OPTIONS"],
+      allowMethods: ["GET", "POST", "DELETE", "OPTIONS"],
     }),
   );
   api.get("/openapi.json", (c) => c.json(openapi));
-  for (const name of FUNCTIONS) {
-    api.use(`/${name}`, async (c, next) => {
+  for (const path of [...FUNCTIONS.map((name) => `/${name}`), "/pitr-execute/cancel"]) {
+    api.use(path, async (c, next) => {
       c.set("principal", await authenticate(deps.auth, c.req.header("authorization")));
       await next();
     });
@@ -96,12 +100,33 @@ export function createApp(deps: AppDeps): Hono {
 
   api.post("/pitr-validate", async (c) => {
     const body = parse(ValidateBody, await readJson(c.req.raw));
-    await snapshotFor(c.var.principal, "read", body.snapshot_id);
-    return c.json(await validateSnapshot(sql, body.snapshot_id));
+    if (body.at !== undefined) {
+      authorize(c.var.principal, "read", body.tenant_id);
+      const v = await validateAt(sql, {
+        tenantId: body.tenant_id,
+        at: body.at,
+        tables: body.tables,
+      });
+      return c.json({ snapshot_id: null, tenant_id: body.tenant_id, at: body.at, ...v });
+    }
+    const s = await snapshotFor(c.var.principal, "read", body.snapshot_id);
+    const only = body.tables && pickTables(s.tables, body.tables, "a table of this snapshot");
+    return c.json(await validateSnapshot(sql, s.snapshot_id, only));
   });
 
   api.post("/pitr-plan", async (c) => {
     const body = parse(PlanBody, await readJson(c.req.raw));
+    if (body.at !== undefined) {
+      authorize(c.var.principal, "read", body.tenant_id);
+      // The plan is made against a state built and rolled back inside planAt: no snapshot is kept.
+      const { steps: _s, foreignKeys: _f, ...plan } = await planAt(sql, {
+        tenantId: body.tenant_id,
+        at: body.at,
+        tables: body.tables,
+        strategy: body.strategy,
+      });
+      return c.json({ ...plan, snapshot_id: null });
+    }
     await snapshotFor(c.var.principal, "read", body.snapshot_id);
     const { steps: _s, foreignKeys: _f, ...plan } = await planRestore(sql, {
       snapshotId: body.snapshot_id,
@@ -114,7 +139,15 @@ export function createApp(deps: AppDeps): Hono {
   api.post("/pitr-execute", async (c) => {
     const body = parse(ExecuteBody, await readJson(c.req.raw));
     const wait = parse(ExecuteQuery, queryOf(c.req.url)).wait === "true";
-    const s = await snapshotFor(c.var.principal, "write", body.snapshot_id);
+    let s: Snapshot;
+    if (body.at !== undefined) {
+      authorize(c.var.principal, "write", body.tenant_id);
+      // The state at `at`, kept as a snapshot of kind point_in_time; from here on the restore
+      // is a snapshot restore like any other.
+      s = await snapshotAt(sql, { tenantId: body.tenant_id, at: body.at, tables: body.tables });
+    } else {
+      s = await snapshotFor(c.var.principal, "write", body.snapshot_id);
+    }
     const { id, reused } = await startRestore(
       sql,
       c.var.principal,
@@ -130,6 +163,17 @@ export function createApp(deps: AppDeps): Hono {
     background(run);
     const { status } = await getStatus(sql, id);
     return c.json({ rollback_id: id, status }, 202);
+  });
+
+  // Cancel: a pending restore is cancelled at once, a running one is interrupted and rolls back.
+  api.post("/pitr-execute/cancel", async (c) => {
+    const body = parse(CancelBody, await readJson(c.req.raw));
+    return c.json(await cancel(c.var.principal, body.rollback_id));
+  });
+
+  api.delete("/pitr-execute", async (c) => {
+    const q = parse(CancelQuery, queryOf(c.req.url));
+    return c.json(await cancel(c.var.principal, q.rollback_id));
   });
 
   api.get("/pitr-status", async (c) => {
@@ -165,6 +209,13 @@ export function createApp(deps: AppDeps): Hono {
     const s = await getSnapshot(sql, snapshotId);
     requireTenant(p, s.tenant_id);
     return s;
+  }
+
+  async function cancel(p: Principal, rollbackId: string) {
+    requireAction(p, "write");
+    const current = await getStatus(sql, rollbackId);
+    requireTenant(p, current.tenant_id);
+    return await cancelRestore(sql, rollbackId);
   }
   return app;
 }
@@ -213,9 +264,14 @@ async function startRestore(
     tables,
     strategy,
     idempotencyKey: idempotencyKey || undefined,
-    requestHash: await sha256(JSON.stringify([s.snapshot_id, tables ?? null, strategy])),
+    // A point-in-time request is the same request whatever snapshot it built this time.
+    requestHash: await sha256(JSON.stringify([...sourceKey(body), tables ?? null, strategy])),
     initiatedBy: p.sub ?? p.role,
   });
+}
+
+function sourceKey(source: Source): string[] {
+  return source.at !== undefined ? ["at", source.tenant_id, source.at] : [source.snapshot_id];
 }
 
 /** The status once the restore is no longer pending or running (a reused key's may still be). */

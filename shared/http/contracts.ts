@@ -24,13 +24,62 @@ export const SnapshotCreate = z.strictObject({
 
 export const SnapshotList = z.strictObject({ tenant_id: TenantId });
 
-export const ValidateBody = z.strictObject({ snapshot_id: Id });
+/**
+ * A moment as ISO 8601 text with its zone, e.g. `2026-11-28T14:32:00.123456Z`. It stays text so
+ * that microseconds survive; the engine decides whether it is well formed, past and in the log.
+ */
+export const At = z.string().min(1).max(64);
+
+/**
+ * What a restore starts from, in one of two forms and never both: `{snapshot_id}`, or
+ * `{tenant_id, at}` (the tenant as it was at that moment, rebuilt from the change log).
+ */
+export type Source =
+  | { snapshot_id: string; tenant_id?: undefined; at?: undefined }
+  | { snapshot_id?: undefined; tenant_id: string; at: string };
+
+const SourceFields = {
+  snapshot_id: Id.optional(),
+  tenant_id: TenantId.optional(),
+  at: At.optional(),
+};
+
+function oneSource<T extends { snapshot_id?: string; tenant_id?: string; at?: string }>(
+  v: T,
+  ctx: z.RefinementCtx,
+) {
+  const bySnapshot = v.snapshot_id !== undefined;
+  const byMoment = v.at !== undefined || v.tenant_id !== undefined;
+  if (bySnapshot && byMoment) {
+    ctx.addIssue({
+      code: "custom",
+      path: [],
+      message: "give either snapshot_id, or tenant_id and at, not both",
+    });
+  } else if (!bySnapshot && !byMoment) {
+    ctx.addIssue({
+      code: "custom",
+      path: [],
+      message: "snapshot_id, or tenant_id and at, is required",
+    });
+  } else if (byMoment && v.tenant_id === undefined) {
+    ctx.addIssue({ code: "custom", path: ["tenant_id"], message: "required with at" });
+  } else if (byMoment && v.at === undefined) {
+    ctx.addIssue({ code: "custom", path: ["at"], message: "required with tenant_id" });
+  }
+}
+
+const asSource = <T extends { snapshot_id?: string; tenant_id?: string; at?: string }>(v: T) =>
+  v as Omit<T, keyof Source> & Source;
+
+export const ValidateBody = z.strictObject({ ...SourceFields, tables: TableList.optional() })
+  .superRefine(oneSource).transform(asSource);
 
 export const PlanBody = z.strictObject({
-  snapshot_id: Id,
+  ...SourceFields,
   tables: TableList.optional(),
   strategy: Strategy.optional(),
-});
+}).superRefine(oneSource).transform(asSource);
 
 export const ExecuteBody = PlanBody;
 
@@ -40,11 +89,16 @@ export const ExecuteQuery = z.strictObject({
 
 export const StatusQuery = z.strictObject({ rollback_id: Id });
 
+/** `POST pitr-execute/cancel {rollback_id}`, or `DELETE pitr-execute?rollback_id=`. */
+export const CancelBody = z.strictObject({ rollback_id: Id });
+export const CancelQuery = CancelBody;
+
 export const DrillBody = z.strictObject({ tenant_id: TenantId.optional() });
 
 export type SnapshotCreate = z.infer<typeof SnapshotCreate>;
-export type PlanBody = z.infer<typeof PlanBody>;
-export type ExecuteBody = z.infer<typeof ExecuteBody>;
+export type ValidateBody = z.output<typeof ValidateBody>;
+export type PlanBody = z.output<typeof PlanBody>;
+export type ExecuteBody = z.output<typeof ExecuteBody>;
 export type DrillBody = z.infer<typeof DrillBody>;
 
 /** Parses `input` or throws a 400 naming the offending fields (never echoing their values). */
