@@ -140,7 +140,8 @@ export async function applySnapshot(
       if (child) {
         current.table = fk.child;
         const [{ n }] = await tx<{ n: string }[]>`
-          select pitr.fk_dangling_children(${fk.oid}::oid, ${child.id}) as n`;
+          select pitr.fk_dangling_children(${fk.oid}::oid, ${child.id},
+            ${options.strategy === "overwrite" && parent ? parent.id : null}) as n`;
         if (Number(n) > 0) {
           throw new RestoreFailed(
             "foreign_key_violation",

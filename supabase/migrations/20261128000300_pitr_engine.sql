@@ -182,7 +182,7 @@ $$;
 
 create function pitr.digest(p_from text, p_exprs text[], p_by_text boolean) returns text
 language plpgsql stable
-set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
+set search_path = pg_catalog, pg_temp set work_mem = '64MB' set timezone = 'UTC' set datestyle = 'ISO, YMD'
 set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
 as $$
 declare
@@ -194,6 +194,9 @@ begin
   return v;
 end
 $$;
+
+-- The functions that join a tenant's rows with a snapshot's run with work_mem = 64MB, so that
+-- the hash of a 100k-row tenant stays in memory instead of spilling in batches to disk.
 
 -- Snapshot storage. Each table has a store per column signature, pitr_store.sN: its columns, then
 -- pitr_tenant, and the range of snapshot seqs [pitr_from, pitr_to) a row version belongs to
@@ -255,7 +258,7 @@ $$;
 create function pitr.store_rows(p_store_id bigint, p_tenant text, p_seq bigint, p_pk text[],
   p_source text, out stored_rows bigint, out stored_checksum text)
 language plpgsql
-set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
+set search_path = pg_catalog, pg_temp set work_mem = '64MB' set timezone = 'UTC' set datestyle = 'ISO, YMD'
 set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
 as $$
 declare
@@ -287,8 +290,9 @@ begin
         full join (select s.ctid as pitr_vctid, s.* from pitr_store.%3$I s
           where s.pitr_tenant = %4$L and s.pitr_to is null) v on %5$s
         where l.%1$s is null or v.%1$s is null or record_image_ne(row(%6$s), row(%7$s))),
-      closed as (update pitr_store.%3$I s set pitr_to = %8$s from d
-        where s.ctid = d.pitr_vctid returning s.pitr_hash),
+      closed as (update pitr_store.%3$I s set pitr_to = %8$s
+        where s.ctid = any (array(select pitr_vctid from d where pitr_vctid is not null))
+        returning s.pitr_hash),
       added as (insert into pitr_store.%3$I (%9$s, pitr_tenant, pitr_from, pitr_hash)
         select %10$s, %4$L, %8$s, %11$s from d where d.pitr_new returning pitr_hash)
       select (select count(*) from added) - (select count(*) from closed),
@@ -489,7 +493,7 @@ create function pitr.table_diff(p_snapshot_table bigint, p_strategy text,
   p_materialize boolean default false)
 returns table (ins bigint, upd bigint, del bigint, unchanged bigint, conflicts bigint)
 language plpgsql
-set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
+set search_path = pg_catalog, pg_temp set work_mem = '64MB' set timezone = 'UTC' set datestyle = 'ISO, YMD'
 set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
 as $$
 declare
@@ -502,12 +506,17 @@ begin
   if p_strategy = 'merge' then
     v_differs := 'false';
   end if;
+  -- The tenant's rows are read once and hashed: probing the key index once per snapshot row
+  -- costs several times more for a whole tenant.
   execute format('drop table if exists %s; create temp table %s on commit drop as
+      with l as materialized (select * from %s l where %s)
       select row_number() over () as n, t.pitr_ctid as sctid, not (%s) as ins
-      from %s t left join %s l on %s and %s
+      from %s t left join l on %s
       where not (%s) or %s',
-    r.writes, r.writes, v_matched, pitr.target_sql(r), r.live, pitr.join_on(r.pk, 'l', 't'),
-    r.tenant_pred, v_matched, v_differs);
+    r.writes, r.writes, r.live, r.tenant_pred, v_matched, pitr.target_sql(r),
+    pitr.join_on(r.pk, 'l', 't'), v_matched, v_differs);
+  -- Batches select their rows by n: without an index each would scan the whole write set.
+  execute format('create index on %s (n); analyze %s', r.writes, r.writes);
   execute format('select count(*) filter (where ins), count(*) filter (where not ins) from %s',
     r.writes) into v_ins, v_upd;
   if p_strategy = 'overwrite' then
@@ -534,7 +543,7 @@ $$;
 -- Overwrite, step 1: deletes the tenant's rows that table_diff found missing from the snapshot.
 -- The deleted rows stay in restore_sql.deletes until commit for the foreign-key check.
 create function pitr.restore_delete(p_snapshot_table bigint) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
   v_rows bigint;
@@ -552,7 +561,7 @@ $$;
 -- row makes the insert fail: the restore never takes or skips another tenant's row.
 create function pitr.restore_write(p_snapshot_table bigint, p_from bigint, p_to bigint)
 returns table (updated bigint, inserted bigint)
-language plpgsql set search_path = pg_catalog, pg_temp as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
   v_batch text := format('select sctid from %s where n >= %s and n < %s', r.writes, p_from, p_to);
@@ -616,7 +625,7 @@ $$;
 -- checksum recorded when the snapshot was taken, so a store altered since cannot pass either.
 create function pitr.verify_table(p_snapshot_table bigint, p_strategy text)
 returns table (ok boolean, live_digest text, expected_digest text)
-language plpgsql set search_path = pg_catalog, pg_temp as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
   v_live text;
@@ -652,18 +661,32 @@ language sql stable set search_path = pg_catalog, pg_temp as $$
   where e.constraint_oid = p_fk
 $$;
 
--- Rows the restore wrote into a child table that point at no parent row.
-create function pitr.fk_dangling_children(p_fk oid, p_snapshot_table bigint) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp as $$
+-- Rows the restore wrote into a child table that point at no parent row. When the parent table
+-- is overwritten too (p_parent_snapshot_table, passed once its rows are verified equal to the
+-- snapshot's), a row pointing at one of the snapshot's parent rows is satisfied, so only the
+-- others are looked up in the whole parent table, which holds every tenant's rows.
+create function pitr.fk_dangling_children(p_fk oid, p_snapshot_table bigint,
+  p_parent_snapshot_table bigint default null) returns bigint
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
   f record := pitr.fk_condition(p_fk, 't', 'p');
+  v_keys text := (select string_agg(format('t.%I', c), ', ') from unnest(e.child_columns) c);
+  v_parent_keys text := (select string_agg(format('p.%I', c), ', ') from unnest(e.parent_columns) c);
+  v_left text;
   v bigint;
 begin
-  execute format('select count(*) from %s t where %s and not exists (select from %I.%I p where %s)',
-    pitr.target_sql(r, format('select sctid from %s', r.writes)), f.not_null,
-    e.parent_schema, e.parent_table, f.joined) into v;
+  -- The keys the written rows point at, once each (a join with the write set, not a TID list:
+  -- it can hold every row of the tenant).
+  v_left := format('select distinct %s from (select s.* from %s s join %s w on w.sctid = s.ctid
+      where %s) t where %s', v_keys, r.store, r.writes, r.members, f.not_null);
+  if p_parent_snapshot_table is not null then
+    v_left := format('select %s from (%s) t except select %s from %s p',
+      v_keys, v_left, v_parent_keys, pitr.target_sql(pitr.restore_sql(p_parent_snapshot_table)));
+  end if;
+  execute format('select count(*) from (%s) t where not exists (select from %I.%I p where %s)',
+    v_left, e.parent_schema, e.parent_table, f.joined) into v;
   return v;
 end
 $$;
@@ -671,7 +694,7 @@ $$;
 -- Rows of any tenant in a child table that pointed at rows the restore deleted from its parent,
 -- and whose parent key is not there any more.
 create function pitr.fk_orphans_of_deleted(p_fk oid, p_parent_snapshot_table bigint) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_parent_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
@@ -693,7 +716,7 @@ $$;
 -- Planning a partial restore: snapshot rows of a restored child table that would point at a
 -- parent row missing now in a table outside the restored set.
 create function pitr.fk_missing_parents(p_fk oid, p_child_snapshot_table bigint) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_child_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
@@ -710,7 +733,7 @@ $$;
 -- overwriting the parent would delete.
 create function pitr.fk_children_of_deleted(p_fk oid, p_parent_snapshot_table bigint)
 returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_parent_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);

@@ -109,48 +109,48 @@ begin
 end
 $$;
 
--- The capture trigger. Arguments: the tenant column, then the primary key columns.
--- security definer: the application's roles write the log without being granted it.
-create function pitr.capture() returns trigger
-language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+-- The capture trigger function of one table, generated when capture is turned on: static SQL
+-- (planned once per session, unlike EXECUTE of text built on every statement) that appends the
+-- key and old image of each changed row. security definer: the application's roles write the
+-- log without being granted it.
+create function pitr.capture_function_sql(p_relid oid, p_tenant_column text, p_pk text[])
+returns text
+language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
-  v_tenant text := tg_argv[0];
-  v_pk text;
-  v_key text;
+  v_rel text := p_relid::regclass::text;  -- schema-qualified and quoted as needed
+  v_pk text := (select string_agg(format('%L, r.%I', c, c), ', ') from unnest(p_pk) c);
+  v_key text := (select string_agg(format('r.%I', c), ', ') from unnest(p_pk) c);
+  v_okey text := (select string_agg(format('o.%I', c), ', ') from unnest(p_pk) c);
+  v_cols text := 'insert into public.pitr_changes (tenant_id, relid, op, pk, old_row) ';
+  v_body text;
 begin
-  select string_agg(format('%L, r.%I', c, c), ', '), string_agg(format('r.%I', c), ', ')
-  into v_pk, v_key
-  from unnest(tg_argv[1:]) c;
+  v_body := format($b$
+begin
   if tg_op = 'INSERT' then
-    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk)
-      select r.%I::text, %s, ''I'', jsonb_build_object(%s) from pitr_new_rows r',
-      v_tenant, tg_relid, v_pk);
-  elsif tg_op = 'DELETE' then
-    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk, old_row)
-      select r.%I::text, %s, ''D'', jsonb_build_object(%s), to_jsonb(r) from pitr_old_rows r',
-      v_tenant, tg_relid, v_pk);
+    %1$s select r.%2$I::text, %3$s, 'I', jsonb_build_object(%4$s), null from pitr_new_rows r;
   elsif tg_op = 'UPDATE' then
-    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk, old_row)
-      select r.%I::text, %s, ''U'', jsonb_build_object(%s), to_jsonb(r) from pitr_old_rows r',
-      v_tenant, tg_relid, v_pk);
+    %1$s select r.%2$I::text, %3$s, 'U', jsonb_build_object(%4$s), to_jsonb(r) from pitr_old_rows r;
     -- A key changed by the update did not exist before it: record it as inserted.
-    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk)
-      select r.%I::text, %s, ''I'', jsonb_build_object(%s) from pitr_new_rows r
-      where (%s) not in (select %s from pitr_old_rows r)',
-      v_tenant, tg_relid, v_pk, v_key, v_key);
+    %1$s select r.%2$I::text, %3$s, 'I', jsonb_build_object(%4$s), null from pitr_new_rows r
+    where (%5$s) not in (select %6$s from pitr_old_rows o);
+  elsif tg_op = 'DELETE' then
+    %1$s select r.%2$I::text, %3$s, 'D', jsonb_build_object(%4$s), to_jsonb(r) from pitr_old_rows r;
   elsif tg_op = 'TRUNCATE' then
-    -- TRUNCATE is recorded, not refused: every row is logged as deleted before it goes.
-    execute format('insert into public.pitr_changes (tenant_id, relid, op, pk, old_row)
-      select r.%I::text, %s, ''D'', jsonb_build_object(%s), to_jsonb(r) from %I.%I r',
-      v_tenant, tg_relid, v_pk, tg_table_schema, tg_table_name);
+    -- Recorded, not refused: every row is logged as deleted before it goes.
+    %1$s select r.%2$I::text, %3$s, 'D', jsonb_build_object(%4$s), to_jsonb(r) from %7$s r;
   end if;
   return null;
 end
+$b$, v_cols, p_tenant_column, p_relid, v_pk, v_key, v_okey, v_rel);
+  if position('$pitr_capture$' in v_body) > 0 then
+    raise exception 'a name of % cannot be used in a capture trigger', v_rel using errcode = 'PT422';
+  end if;
+  return format('create or replace function pitr.%I() returns trigger language plpgsql
+      security definer set search_path = pg_catalog, pg_temp as $pitr_capture$%s$pitr_capture$',
+    'capture_' || p_relid, v_body);
+end
 $$;
 
--- Turns capture on for a protected table ('schema.table', or 'table' for public). The triggers
--- are ENABLE ALWAYS so that they also record the restores' own changes, which run with
--- session_replication_role = replica.
 -- A table named as in the service's answers: 'schema.table' as written, 'table' for public.
 create function pitr.relid_by_name(p_table text) returns oid
 language sql stable set search_path = pg_catalog, pg_temp as $$
@@ -183,19 +183,20 @@ begin
     return;
   end if;
   perform pitr.ensure_change_partitions();
-  v_args := (select string_agg(format('%L', a), ', ') from unnest(v_t.tenant_column || v_pk) a);
+  execute pitr.capture_function_sql(v_relid, v_t.tenant_column, v_pk);
+  v_args := format('pitr.%I', 'capture_' || v_relid);
   execute format('create trigger pitr_capture_insert after insert on %I.%I
-      referencing new table as pitr_new_rows for each statement execute function pitr.capture(%s)',
+      referencing new table as pitr_new_rows for each statement execute function %s()',
     v_t.table_schema, v_t.table_name, v_args);
   execute format('create trigger pitr_capture_update after update on %I.%I
       referencing old table as pitr_old_rows new table as pitr_new_rows
-      for each statement execute function pitr.capture(%s)',
+      for each statement execute function %s()',
     v_t.table_schema, v_t.table_name, v_args);
   execute format('create trigger pitr_capture_delete after delete on %I.%I
-      referencing old table as pitr_old_rows for each statement execute function pitr.capture(%s)',
+      referencing old table as pitr_old_rows for each statement execute function %s()',
     v_t.table_schema, v_t.table_name, v_args);
   execute format('create trigger pitr_capture_truncate before truncate on %I.%I
-      for each statement execute function pitr.capture(%s)',
+      for each statement execute function %s()',
     v_t.table_schema, v_t.table_name, v_args);
   execute format('alter table %I.%I enable always trigger pitr_capture_insert,
       enable always trigger pitr_capture_update, enable always trigger pitr_capture_delete,
@@ -218,6 +219,7 @@ begin
     drop trigger if exists pitr_capture_update on %1$I.%2$I;
     drop trigger if exists pitr_capture_delete on %1$I.%2$I;
     drop trigger if exists pitr_capture_truncate on %1$I.%2$I', v_c.table_schema, v_c.table_name);
+  execute format('drop function if exists pitr.%I()', 'capture_' || v_c.relid);
   delete from public.pitr_capture_tables where relid = v_c.relid;
   -- Its log rows no longer describe a complete history.
   delete from public.pitr_changes where relid = v_c.relid;
