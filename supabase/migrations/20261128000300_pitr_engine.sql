@@ -506,6 +506,27 @@ begin
   if p_strategy = 'merge' then
     v_differs := 'false';
   end if;
+  if not p_materialize then
+    -- A preview counts in one pass, and also counts the keys taken by other tenants (a restore
+    -- fails on those instead).
+    execute format('with l as materialized (select * from %s l where %s)
+        select count(*) filter (where not (%s)),
+          count(*) filter (where %s and %s),
+          count(*) filter (where not (%s) and exists (select from %s o where %s))
+        from %s t left join l on %s',
+      r.live, r.tenant_pred, v_matched, v_matched, v_differs, v_matched, r.live,
+      pitr.join_on(r.pk, 'o', 't'), pitr.target_sql(r), pitr.join_on(r.pk, 'l', 't'))
+    into v_ins, v_upd, v_conf;
+    if p_strategy = 'overwrite' then
+      execute format('select count(*) from %s l where %s and not exists (select from %s s where %s and %s)',
+        r.live, r.tenant_pred, r.store, r.members,
+        (select string_agg(format('l.%s = %s', c, e), ' and ')
+           from unnest(r.cols, r.exprs) x(c, e) where c = any (r.pk)))
+      into v_del;
+    end if;
+    return query select v_ins, v_upd, v_del, v_rows - v_ins - v_upd, v_conf;
+    return;
+  end if;
   -- The tenant's rows are read once and hashed: probing the key index once per snapshot row
   -- costs several times more for a whole tenant.
   execute format('drop table if exists %s; create temp table %s on commit drop as
@@ -526,15 +547,6 @@ begin
       (select string_agg(format('l.%s = %s', c, e), ' and ')
          from unnest(r.cols, r.exprs) x(c, e) where c = any (r.pk)));
     get diagnostics v_del = row_count;
-  end if;
-  if not p_materialize then
-    -- A preview also counts the keys taken by other tenants (a restore fails on them instead).
-    execute format('select count(*) from %s t where exists (select from %s l where %s)',
-      pitr.target_sql(r, format('select sctid from %s where ins', r.writes)), r.live,
-      pitr.join_on(r.pk, 'l', 't'))
-    into v_conf;
-    execute format('drop table %s', r.writes);
-    execute format('drop table if exists %s', r.deletes);
   end if;
   return query select v_ins, v_upd, v_del, v_rows - v_ins - v_upd, v_conf;
 end
