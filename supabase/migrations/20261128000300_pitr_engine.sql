@@ -233,7 +233,11 @@ begin
       pitr_from bigint not null, pitr_to bigint, pitr_hash bigint not null)',
     v_name, (select string_agg(format('%I %s', c ->> 'name', c ->> 'type'), ', ')
       from jsonb_array_elements(v_cols) c));
-  execute format('create index on pitr_store.%I (pitr_tenant, pitr_from)', v_name);
+  -- BRIN, not btree: a snapshot appends a tenant's rows together, so block ranges find them,
+  -- and keeping a btree entry per row cost as much as writing the rows (measured: 100k rows
+  -- inserted in 0.19 s with no index, 0.24 s with BRIN, 0.30-0.35 s with a btree).
+  execute format('create index on pitr_store.%I using brin (pitr_tenant, pitr_from)
+      with (autosummarize = on)', v_name);
   insert into public.backup_stores (id, table_schema, table_name, columns, store_table, hash_by_text)
   overriding system value
   values (substr(v_name, 2)::bigint, v_schema, v_table, v_cols, v_name,
