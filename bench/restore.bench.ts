@@ -6,7 +6,7 @@ import { migrate } from "../shared/db/migrate.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { createRestore } from "../shared/restore/history.ts";
 import { planRestore } from "../shared/restore/plan.ts";
-import { type Snapshot, takeSnapshot } from "../shared/restore/snapshot.ts";
+import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { CopyFiles, copyIn, copyOut, removeFiles } from "./baseline.ts";
 import {
   applyDrift,

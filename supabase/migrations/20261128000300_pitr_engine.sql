@@ -601,16 +601,6 @@ begin
 end
 $$;
 
-create function pitr.write_count(p_snapshot_table bigint) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp as $$
-declare
-  v bigint;
-begin
-  execute format('select count(*) from %s', (pitr.restore_sql(p_snapshot_table)).writes) into v;
-  return v;
-end
-$$;
-
 -- Moves each serial or identity sequence of the table past the largest value now in it. Only
 -- forward: a sequence never goes back, whatever other tenants have taken.
 create function pitr.move_sequences(p_relid oid) returns integer
