@@ -361,6 +361,10 @@ dbTest(
       ["pitr-execute", "POST", { snapshot_id: id, strategy: "MERGE" }, "invalid_request"],
       ["pitr-execute", "POST", { snapshot_id: id, tables: [1] }, "invalid_request"],
       ["pitr-drill", "POST", { tenant: "101" }, "invalid_request"],
+      // PostgreSQL text cannot hold U+0000: refused at the edge, not a 500 from the database.
+      ["pitr-snapshot", "POST", { tenant_id: "101", label: "a\u0000b" }, "invalid_request"],
+      ["pitr-snapshot?tenant_id=1%0001", "GET", undefined, "invalid_request"],
+      ["pitr-drill", "POST", { tenant_id: "\u0000" }, "invalid_request"],
       ["pitr-snapshot", "GET", undefined, "invalid_request"],
       [`pitr-snapshot?tenant_id=101&limit=5`, "GET", undefined, "invalid_request"],
       ["pitr-status", "GET", undefined, "invalid_request"],

@@ -228,6 +228,14 @@ dbTest(
     const clash = await call("POST", "pitr-execute", { ...body, at: moments[2].at }, { headers });
     assert.equal(clash.status, 409);
     assert.equal(clash.body.error.code, "idempotency_key_reused");
+    // A key is an id, not a document: a long one is refused before anything is built.
+    const snapshots = await snapshotCount();
+    const long = await call("POST", "pitr-execute", body, {
+      headers: { "idempotency-key": Array.from({ length: 300 }, (_, i) => i % 10).join("") },
+    });
+    assert.equal(long.status, 400);
+    assert.match(long.body.error.message, /^idempotency-key:/);
+    assert.equal(await snapshotCount(), snapshots);
     assert.equal(await digest(701), moments[3].digest);
   },
 );
@@ -256,6 +264,12 @@ dbTest(
       [{ tenant_id: "701", at: "yesterday" }, "invalid_request", /ISO 8601/],
       [{ tenant_id: "701", at: "2026-01-01 10:00:00" }, "invalid_request", /ISO 8601/],
       [{ tenant_id: "701", at: "2999-01-01T00:00:00Z" }, "invalid_request", /future/],
+      // Read alike by JavaScript and PostgreSQL, or refused: never March 1st, never a 500.
+      [{ tenant_id: "701", at: "2026-02-30T00:00:00Z" }, "invalid_request", /real date/],
+      [{ tenant_id: "701", at: "2026-01-01T24:00:00Z" }, "invalid_request", /real date/],
+      [{ tenant_id: "701", at: "0000-01-01T00:00:00Z" }, "invalid_request", /real date/],
+      [{ tenant_id: "701", at: "9999-12-31T23:59:59-23:59" }, "invalid_request", /real date/],
+      [{ tenant_id: "701", at: "2026-01-01T00:00:00+24:00" }, "invalid_request", /real date/],
       [{ tenant_id: "701", at, tables: ["scratch"] }, "unknown_table", /scratch/],
       [{ tenant_id: "701", at, when: "now" }, "invalid_request", /unknown field when/],
     ];

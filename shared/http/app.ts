@@ -26,6 +26,7 @@ import {
   CancelQuery,
   DrillBody,
   ExecuteBody,
+  ExecuteHeaders,
   ExecuteQuery,
   parse,
   PlanBody,
@@ -139,6 +140,9 @@ export function createApp(deps: AppDeps): Hono {
   api.post("/pitr-execute", async (c) => {
     const body = parse(ExecuteBody, await readJson(c.req.raw));
     const wait = parse(ExecuteQuery, queryOf(c.req.url)).wait === "true";
+    const key = parse(ExecuteHeaders, {
+      "idempotency-key": c.req.header("idempotency-key") || undefined,
+    })["idempotency-key"];
     let s: Snapshot;
     if (body.at !== undefined) {
       authorize(c.var.principal, "write", body.tenant_id);
@@ -153,7 +157,7 @@ export function createApp(deps: AppDeps): Hono {
       c.var.principal,
       s,
       body,
-      c.req.header("idempotency-key"),
+      key,
     );
     const run = reused ? Promise.resolve() : executeRestore(sql, id).then(() => {});
     if (wait) {

@@ -3,9 +3,15 @@
 import { z } from "zod";
 import { BadRequest } from "../restore/errors.ts";
 
+/**
+ * Text that is stored or compared in PostgreSQL, whose text type cannot hold U+0000: refused here
+ * as bad input rather than failing in the database as an internal error.
+ */
+const Text = z.string().refine((s) => !s.includes("\u0000"), "must not contain U+0000");
+
 /** A tenant id is text; a JSON number is accepted and becomes its decimal text. */
 export const TenantId = z.union([
-  z.string().trim().min(1).max(200),
+  Text.trim().min(1).max(200),
   z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
 ]).transform(String);
 
@@ -19,16 +25,38 @@ const Id = z.string().min(1).max(100);
 export const SnapshotCreate = z.strictObject({
   tenant_id: TenantId,
   tables: TableList.optional(),
-  label: z.string().max(500).nullable().optional(),
+  label: Text.max(500).nullable().optional(),
 });
 
 export const SnapshotList = z.strictObject({ tenant_id: TenantId });
 
+const MOMENT =
+  /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,6})?(?:Z|[+-](\d{2}):(\d{2}))$/;
+
+/**
+ * A real calendar moment that JavaScript and PostgreSQL read alike: no February 30th (read as
+ * March 1st), no hour 24, no offset past ±23:59, and a year from 1970 to 9998, so that neither
+ * the offset nor a conversion can take it out of the range either side accepts (year 0 and
+ * year 10000 are errors in PostgreSQL). No change log reaches back before 1970.
+ */
+function isMoment(text: string): boolean {
+  const m = MOMENT.exec(text);
+  if (!m) return false;
+  const [y, mo, d, h, mi, s, oh, om] = m.slice(1).map((x) => Number(x ?? 0));
+  const daysInMonth = mo >= 1 && mo <= 12 ? new Date(Date.UTC(y, mo, 0)).getUTCDate() : 0;
+  return y >= 1970 && y <= 9998 && d >= 1 && d <= daysInMonth && h <= 23 && mi <= 59 &&
+    s <= 59 && oh <= 23 && om <= 59;
+}
+
 /**
  * A moment as ISO 8601 text with its zone, e.g. `2026-11-28T14:32:00.123456Z`. It stays text so
- * that microseconds survive; the engine decides whether it is well formed, past and in the log.
+ * that microseconds survive; the engine decides whether it is past and inside the change log.
  */
-export const At = z.string().min(1).max(64);
+export const At = z.string().max(64).refine(
+  isMoment,
+  "must be an ISO 8601 timestamp with a zone, like 2026-11-28T14:32:00.123456Z (a real date " +
+    "and time, from 1970 on)",
+);
 
 /**
  * What a restore starts from, in one of two forms and never both: `{snapshot_id}`, or
@@ -85,6 +113,14 @@ export const ExecuteBody = PlanBody;
 
 export const ExecuteQuery = z.strictObject({
   wait: z.enum(["true", "false"]).optional(),
+});
+
+/**
+ * The Idempotency-Key header, bounded: it is stored in a unique index, whose rows PostgreSQL
+ * limits to about 2.7 kB, and a key is a short id (a uuid, an incident number), never a body.
+ */
+export const ExecuteHeaders = z.object({
+  "idempotency-key": z.string().max(255).optional(),
 });
 
 export const StatusQuery = z.strictObject({ rollback_id: Id });
