@@ -270,6 +270,26 @@ dbTest(
   },
 );
 
+dbTest("the OpenAPI document describes both cancel routes and the cancelled status", async () => {
+  const r = await call("GET", "openapi.json");
+  assert.equal(r.status, 200);
+  const cancel = r.body.paths["/functions/v1/pitr-execute/cancel"].post;
+  const del = r.body.paths["/functions/v1/pitr-execute"].delete;
+  for (const op of [cancel, del]) {
+    assert.deepEqual(Object.keys(op.responses).sort(), [
+      "200",
+      "400",
+      "401",
+      "403",
+      "404",
+      "500",
+      "503",
+    ]);
+  }
+  assert.equal(del.parameters[0].name, "rollback_id");
+  assert.ok(r.body.components.schemas.Status.properties.status.enum.includes("cancelled"));
+});
+
 dbTest("stop the server", async () => {
   await Promise.all(background.splice(0));
   await server.shutdown();
