@@ -203,4 +203,13 @@ dbTest("retention drops whole expired days and records from when the log is comp
   );
 });
 
+dbTest("a moment keeps its microseconds: capture enabled at T covers T exactly", async () => {
+  const [{ at }] = await sql<{ at: string }[]>`
+    select to_char(enabled_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as at
+    from public.pitr_capture_tables where relid = 'public.lessons'::regclass`;
+  assert.notEqual(at.slice(20, 26), "000000");
+  const v = await validateAt(sql, { tenantId: "601", at, tables: ["lessons"] });
+  assert.equal(v.valid, true, JSON.stringify(v.checks));
+});
+
 cleanup(db);

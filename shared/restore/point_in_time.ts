@@ -27,8 +27,8 @@ async function checkMoment(sql: Db, at: string): Promise<void> {
   const [s] = await sql<
     { future: boolean; early: boolean; complete_since: Date; retention: string }[]
   >`
-    select ${at}::timestamptz > clock_timestamp() as future,
-      ${at}::timestamptz < complete_since as early, complete_since, retention::text as retention
+    select ${at}::text::timestamptz > clock_timestamp() as future,
+      ${at}::text::timestamptz < complete_since as early, complete_since, retention::text as retention
     from public.pitr_settings`;
   if (s.future) throw new BadRequest("invalid_request", `at ${at} is in the future`);
   if (s.early) {
@@ -49,7 +49,7 @@ export async function snapshotAtIn(tx: Db, request: PointInTime): Promise<Snapsh
     returning id`;
   try {
     for (const [position, t] of tables.entries()) {
-      await tx`select pitr.snapshot_table_at(${created.id}, ${position}, ${t.relid}::oid, ${request.at}::timestamptz)`;
+      await tx`select pitr.snapshot_table_at(${created.id}, ${position}, ${t.relid}::oid, ${request.at}::text::timestamptz)`;
     }
   } catch (e) {
     if (sqlState(e) === PG.PITR_INCOMPATIBLE) {
@@ -109,7 +109,7 @@ export async function validateAt(
   const tables = pickTables(await protectedTables(sql), request.tables, "a protected table");
   const captured = new Map(
     (await sql<{ relid: string; enabled_at: Date; covers: boolean }[]>`
-      select relid::int8 as relid, enabled_at, enabled_at <= ${request.at}::timestamptz as covers
+      select relid::int8 as relid, enabled_at, enabled_at <= ${request.at}::text::timestamptz as covers
       from public.pitr_capture_tables`)
       .map((r) => [Number(r.relid), r]),
   );

@@ -262,7 +262,7 @@ $$;
 create function pitr.store_rows(p_store_id bigint, p_tenant text, p_seq bigint, p_pk text[],
   p_source text, out stored_rows bigint, out stored_checksum text)
 language plpgsql
-set search_path = pg_catalog, pg_temp set work_mem = '64MB' set timezone = 'UTC' set datestyle = 'ISO, YMD'
+set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off set timezone = 'UTC' set datestyle = 'ISO, YMD'
 set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
 as $$
 declare
@@ -466,13 +466,18 @@ end
 $$;
 
 -- The snapshot's rows of one table as they would be written today; with p_rows, only the store
--- rows whose ctids that subquery yields (a batch of the write set).
+-- rows whose ctids that tid[] expression holds (a batch of the write set).
 create function pitr.target_sql(r pitr.restore_sql, p_rows text default null) returns text
 language sql immutable set search_path = pg_catalog, pg_temp as $$
-  select format('(select s.ctid as pitr_ctid, %s from %s s where %s%s)',
+  -- A batch (p_rows: an expression of type tid[]) is fetched by TID scan in a subquery of its
+  -- own (offset 0 keeps the planner from merging it): given the tenant predicate too, it could
+  -- scan the tenant's rows and test each against the whole TID list.
+  select format('(select s.ctid as pitr_ctid, %s from %s s where %s)',
     (select string_agg(format('%s as %s', e, c), ', ') from unnest(r.exprs, r.cols) x(e, c)),
-    r.store, r.members,
-    case when p_rows is null then '' else format(' and s.ctid = any (array(%s))', p_rows) end)
+    case when p_rows is null then r.store
+      else format('(select s.ctid, s.* from %s s where s.ctid = any (%s) offset 0)',
+        r.store, p_rows) end,
+    r.members)
 $$;
 
 create function pitr.join_on(p_cols text[], p_left text, p_right text) returns text
@@ -497,7 +502,7 @@ create function pitr.table_diff(p_snapshot_table bigint, p_strategy text,
   p_materialize boolean default false)
 returns table (ins bigint, upd bigint, del bigint, unchanged bigint, conflicts bigint)
 language plpgsql
-set search_path = pg_catalog, pg_temp set work_mem = '64MB' set timezone = 'UTC' set datestyle = 'ISO, YMD'
+set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off set timezone = 'UTC' set datestyle = 'ISO, YMD'
 set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
 as $$
 declare
@@ -534,8 +539,9 @@ begin
   -- The tenant's rows are read once and hashed: probing the key index once per snapshot row
   -- costs several times more for a whole tenant.
   execute format('drop table if exists %s; create temp table %s on commit drop as
-      with l as materialized (select * from %s l where %s)
-      select row_number() over () as n, t.pitr_ctid as sctid, not (%s) as ins
+      with l as materialized (select l.ctid as pitr_lctid, l.* from %s l where %s)
+      select row_number() over () as n, t.pitr_ctid as sctid, l.pitr_lctid as lctid,
+        not (%s) as ins
       from %s t left join l on %s
       where not (%s) or %s',
     r.writes, r.writes, r.live, r.tenant_pred, v_matched, pitr.target_sql(r),
@@ -551,6 +557,8 @@ begin
       (select string_agg(format('l.%s = %s', c, e), ' and ')
          from unnest(r.cols, r.exprs) x(c, e) where c = any (r.pk)));
     get diagnostics v_del = row_count;
+    -- Its size known, the delete joins it with the tenant's rows the right way round.
+    execute format('analyze %s', r.deletes);
   end if;
   return query select v_ins, v_upd, v_del, v_rows - v_ins - v_upd, v_conf;
 end
@@ -575,28 +583,59 @@ $$;
 -- rows that differ from the snapshot and inserts the snapshot rows that are missing. Rows equal
 -- to the snapshot are not in the write set and are not written. A key held by another tenant's
 -- row makes the insert fail: the restore never takes or skips another tenant's row.
+-- The update of one batch, joining the batch's store rows with the live rows they replace, both
+-- fetched by TID scan. Index scans are off here so that the planner cannot drive the join from
+-- the tenant's rows by the tenant index: rows written since the last ANALYZE are estimated at one
+-- row, and that plan rescanned the batch for each of them (minutes for a 100k-row tenant). The
+-- key and tenant are checked again on every row, so a reused TID can never reach another row.
+create function pitr.restore_update(p_snapshot_table bigint, p_store tid[], p_live tid[])
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_indexscan = off
+set enable_bitmapscan = off set enable_nestloop = off
+as $$
+declare
+  r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
+  v bigint;
+begin
+  execute format('update %s l set (%s) = row(%s) from %s t where l.ctid = any ($2) and %s and %s',
+    r.live, array_to_string(r.upd, ', '),
+    (select string_agg('t.' || c, ', ') from unnest(r.upd) c),
+    pitr.target_sql(r, '$1'), pitr.join_on(r.pk, 'l', 't'), r.tenant_pred)
+  using p_store, p_live;
+  get diagnostics v = row_count;
+  return v;
+end
+$$;
+
 create function pitr.restore_write(p_snapshot_table bigint, p_from bigint, p_to bigint)
 returns table (updated bigint, inserted bigint)
 language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
-  v_batch text := format('select sctid from %s where n >= %s and n < %s', r.writes, p_from, p_to);
+  v_updates tid[];
+  v_live tid[];
+  v_inserts tid[];
   v_upd bigint := 0;
   v_ins bigint := 0;
 begin
-  if cardinality(r.upd) > 0 then
-    execute format('update %s l set (%s) = row(%s) from %s t where %s and %s',
-      r.live, array_to_string(r.upd, ', '),
-      (select string_agg('t.' || c, ', ') from unnest(r.upd) c),
-      pitr.target_sql(r, v_batch || ' and not ins'), pitr.join_on(r.pk, 'l', 't'), r.tenant_pred);
-    get diagnostics v_upd = row_count;
+  -- The batch goes to each statement as array parameters: EXECUTE ... USING plans with their
+  -- values, so the planner knows the batch's size.
+  execute format('select array_agg(sctid) filter (where not ins), array_agg(lctid) filter (where not ins),
+      array_agg(sctid) filter (where ins) from %s where n >= %s and n < %s', r.writes, p_from, p_to)
+  into v_updates, v_live, v_inserts;
+  if cardinality(r.upd) > 0 and v_updates is not null then
+    v_upd := pitr.restore_update(p_snapshot_table, v_updates, v_live);
   end if;
-  execute format('insert into %s (%s) %s select %s from %s t',
-    r.live, array_to_string(r.cols, ', '),
-    case when r.overriding then 'overriding system value' else '' end,
-    (select string_agg('t.' || c, ', ') from unnest(r.cols) c),
-    pitr.target_sql(r, v_batch || ' and ins'));
-  get diagnostics v_ins = row_count;
+  if v_inserts is not null then
+    execute format('insert into %s (%s) %s select %s from %s t',
+      r.live, array_to_string(r.cols, ', '),
+      case when r.overriding then 'overriding system value' else '' end,
+      (select string_agg('t.' || c, ', ') from unnest(r.cols) c),
+      pitr.target_sql(r, '$1'))
+    using v_inserts;
+    get diagnostics v_ins = row_count;
+  end if;
   return query select v_upd, v_ins;
 end
 $$;
@@ -673,7 +712,7 @@ $$;
 -- others are looked up in the whole parent table, which holds every tenant's rows.
 create function pitr.fk_dangling_children(p_fk oid, p_snapshot_table bigint,
   p_parent_snapshot_table bigint default null) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
@@ -700,7 +739,7 @@ $$;
 -- Rows of any tenant in a child table that pointed at rows the restore deleted from its parent,
 -- and whose parent key is not there any more.
 create function pitr.fk_orphans_of_deleted(p_fk oid, p_parent_snapshot_table bigint) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_parent_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
@@ -722,7 +761,7 @@ $$;
 -- Planning a partial restore: snapshot rows of a restored child table that would point at a
 -- parent row missing now in a table outside the restored set.
 create function pitr.fk_missing_parents(p_fk oid, p_child_snapshot_table bigint) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_child_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
@@ -739,7 +778,7 @@ $$;
 -- overwriting the parent would delete.
 create function pitr.fk_children_of_deleted(p_fk oid, p_parent_snapshot_table bigint)
 returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_parent_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
