@@ -137,4 +137,65 @@ dbTest("other tenants' rows of the table are never touched by these restores", a
   );
 });
 
+dbTest(
+  "a renamed column is refused by validate, naming the column whose values would be lost",
+  async () => {
+    await freshTable();
+    const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
+    await sql`alter table public.drift rename column note to memo`;
+    const v = await validateSnapshot(sql, snap.snapshot_id);
+    assert.equal(v.valid, false);
+    assert.match(v.checks.find((c) => !c.ok)!.message, /column public\.drift\.note was dropped/);
+    const d = await rows("d1");
+    const status = await restore(snap.snapshot_id);
+    assert.equal(status.status, "failed");
+    assert.equal(status.error?.code, "schema_incompatible");
+    assert.deepEqual(await rows("d1"), d);
+  },
+);
+
+dbTest(
+  "a new foreign key that snapshot rows would break: the restore fails whole, naming it",
+  async () => {
+    await freshTable();
+    const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
+    await sql`create table public.drift_kinds (qty int primary key)`;
+    await sql`insert into public.drift_kinds select qty from public.drift where tenant_id = 'd1' and id > 10`;
+    await sql`delete from public.drift where tenant_id = 'd1' and id <= 10`;
+    await sql`alter table public.drift add constraint drift_qty_fk foreign key (qty) references public.drift_kinds (qty) not valid`;
+    const d = await rows("d1");
+    try {
+      const status = await restore(snap.snapshot_id);
+      assert.equal(status.status, "failed");
+      assert.equal(status.error?.code, "foreign_key_violation");
+      assert.match(status.error!.message, /drift_qty_fk/);
+      assert.deepEqual(await rows("d1"), d);
+    } finally {
+      await sql`alter table public.drift drop constraint drift_qty_fk`;
+      await sql`drop table public.drift_kinds`;
+    }
+  },
+);
+
+dbTest(
+  "a new unique index that snapshot rows would violate: the restore fails whole, naming it",
+  async () => {
+    await freshTable();
+    await sql`update public.drift set qty = 7 where tenant_id = 'd1' and id in (1, 2)`;
+    const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
+    await sql`delete from public.drift where tenant_id = 'd1' and id = 2`;
+    await sql`create unique index drift_qty_unique on public.drift (tenant_id, qty)`;
+    const d = await rows("d1");
+    try {
+      const status = await restore(snap.snapshot_id);
+      assert.equal(status.status, "failed");
+      assert.equal(status.error?.code, "key_conflict");
+      assert.match(status.error!.message, /drift_qty_unique/);
+      assert.deepEqual(await rows("d1"), d);
+    } finally {
+      await sql`drop index public.drift_qty_unique`;
+    }
+  },
+);
+
 cleanup(db);

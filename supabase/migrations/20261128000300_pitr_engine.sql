@@ -737,9 +737,11 @@ end
 $$;
 
 -- Rows of any tenant in a child table that pointed at rows the restore deleted from its parent,
--- and whose parent key is not there any more.
+-- and whose parent key is not there any more. Nested loops stay on here: the deleted rows are
+-- few and analysed, and probing the child's FK index for each beats hashing the whole child
+-- table, every tenant's rows.
 create function pitr.fk_orphans_of_deleted(p_fk oid, p_parent_snapshot_table bigint) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_parent_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
@@ -778,7 +780,7 @@ $$;
 -- overwriting the parent would delete.
 create function pitr.fk_children_of_deleted(p_fk oid, p_parent_snapshot_table bigint)
 returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_parent_snapshot_table);
   e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
