@@ -155,7 +155,7 @@ dbTest(
 );
 
 dbTest(
-  "a new foreign key that snapshot rows would break: the restore fails whole, naming it",
+  "a new foreign key that snapshot rows would break: the restore is refused, naming it",
   async () => {
     await freshTable();
     const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
@@ -167,7 +167,8 @@ dbTest(
     try {
       const status = await restore(snap.snapshot_id);
       assert.equal(status.status, "failed");
-      assert.equal(status.error?.code, "foreign_key_violation");
+      // Refused by the plan, before any change: the missing parents are outside the restore.
+      assert.equal(status.error?.code, "plan_blocked");
       assert.match(status.error!.message, /drift_qty_fk/);
       assert.deepEqual(await rows("d1"), d);
     } finally {
