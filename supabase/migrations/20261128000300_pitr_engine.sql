@@ -730,8 +730,14 @@ begin
     v_left := format('select %s from (%s) t except select %s from %s p',
       v_keys, v_left, v_parent_keys, pitr.target_sql(pitr.restore_sql(p_parent_snapshot_table)));
   end if;
-  execute format('select count(*) from (%s) t where not exists (select from %I.%I p where %s)',
-    v_left, e.parent_schema, e.parent_table, f.joined) into v;
+  -- The keys left (usually none, or few) are looked up by the parent's key index: with nested
+  -- loops back on for this one statement (the SET clause restores the setting on return), it
+  -- does not hash the whole parent table, every tenant's rows.
+  execute format('drop table if exists pg_temp.pitr_fk_keys;
+      create temp table pitr_fk_keys on commit drop as %s; analyze pg_temp.pitr_fk_keys', v_left);
+  perform set_config('enable_nestloop', 'on', true);
+  execute format('select count(*) from pg_temp.pitr_fk_keys t where not exists (select from %I.%I p where %s)',
+    e.parent_schema, e.parent_table, f.joined) into v;
   return v;
 end
 $$;
