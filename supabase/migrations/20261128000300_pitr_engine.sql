@@ -108,7 +108,7 @@ end
 $$;
 
 create function pitr.primary_key_of(p_relid oid) returns text[]
-language sql stable set search_path = pg_catalog, pg_temp as $$
+language sql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
   select array_agg(a.attname::text order by k.ord)
   from pg_index i
   cross join unnest(i.indkey) with ordinality k(attnum, ord)
@@ -119,7 +119,7 @@ $$;
 create function pitr.live_columns(p_relid oid)
 returns table (name text, type text, type_oid oid, is_generated boolean, identity_always boolean,
   not_null boolean, has_default boolean)
-language sql stable set search_path = pg_catalog, pg_temp as $$
+language sql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
   select a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attgenerated <> '',
     a.attidentity = 'a', a.attnotnull, a.atthasdef or a.attidentity <> ''
   from pg_attribute a
@@ -132,7 +132,7 @@ $$;
 -- back the same text (the ids compare as tenant_column::text).
 create function pitr.tenant_predicate(p_relid oid, p_tenant_column text, p_tenant text)
 returns text
-language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
 declare
   v_type text;
   v_back text;
@@ -249,7 +249,7 @@ $$;
 
 -- Which versions of a store make up one tenant's snapshot seq, on alias s.
 create function pitr.members(p_tenant text, p_seq bigint) returns text
-language sql immutable set search_path = pg_catalog, pg_temp as $$
+language sql immutable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
   select format('s.pitr_tenant = %L and s.pitr_from <= %s and (s.pitr_to is null or s.pitr_to > %s)',
     p_tenant, p_seq, p_seq)
 $$;
@@ -414,7 +414,7 @@ create type pitr.restore_sql as (
 );
 
 create function pitr.restore_sql(p_snapshot_table bigint) returns pitr.restore_sql
-language plpgsql stable set search_path = pg_catalog, pg_temp as $$
+language plpgsql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
 declare
   v_st public.backup_snapshot_tables;
   r pitr.restore_sql;
@@ -693,13 +693,20 @@ begin
 end
 $$;
 
+-- One foreign key as fk_edges shows it. Catalog lookups keep nested loops on, whatever the
+-- caller set for its own joins (without them a lookup hashed pg_attribute once per key).
+create function pitr.fk_edge(p_fk oid) returns pitr.fk_edges
+language sql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
+  select x from pitr.fk_edges x where x.constraint_oid = p_fk
+$$;
+
 -- Foreign-key checks. Triggers (the FK ones included) are off during a restore so that the
 -- application's triggers never touch restored rows; these queries check the same integrity for
 -- the rows the restore wrote or deleted, before commit. Rows it did not touch were checked by
 -- the FK triggers when they were written.
 create function pitr.fk_condition(p_fk oid, p_child text, p_parent text,
   out not_null text, out joined text)
-language sql stable set search_path = pg_catalog, pg_temp as $$
+language sql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
   select string_agg(format('%s.%I is not null', p_child, c), ' and '),
     string_agg(format('%s.%I = %s.%I', p_child, c, p_parent, p), ' and ')
   from pitr.fk_edges e, unnest(e.child_columns, e.parent_columns) x(c, p)
@@ -715,7 +722,7 @@ create function pitr.fk_dangling_children(p_fk oid, p_snapshot_table bigint,
 language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
-  e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
+  e record := pitr.fk_edge(p_fk);
   f record := pitr.fk_condition(p_fk, 't', 'p');
   v_keys text := (select string_agg(format('t.%I', c), ', ') from unnest(e.child_columns) c);
   v_parent_keys text := (select string_agg(format('p.%I', c), ', ') from unnest(e.parent_columns) c);
@@ -750,7 +757,7 @@ create function pitr.fk_orphans_of_deleted(p_fk oid, p_parent_snapshot_table big
 language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_parent_snapshot_table);
-  e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
+  e record := pitr.fk_edge(p_fk);
   f record := pitr.fk_condition(p_fk, 'c', 'd');
   g record := pitr.fk_condition(p_fk, 'c', 'p');
   v bigint;
@@ -772,7 +779,7 @@ create function pitr.fk_missing_parents(p_fk oid, p_child_snapshot_table bigint)
 language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_child_snapshot_table);
-  e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
+  e record := pitr.fk_edge(p_fk);
   f record := pitr.fk_condition(p_fk, 't', 'p');
   v bigint;
 begin
@@ -789,7 +796,7 @@ returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_parent_snapshot_table);
-  e record := (select x from pitr.fk_edges x where x.constraint_oid = p_fk);
+  e record := pitr.fk_edge(p_fk);
   f record := pitr.fk_condition(p_fk, 'c', 'l');
   v bigint;
 begin
