@@ -7,10 +7,9 @@
 //   PITR_FUZZ_RUNS=5000 PITR_FUZZ_SEED=12345 deno task test tests/fuzz.test.ts
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { SignJWT } from "jose";
-import { createApp } from "../shared/http/app.ts";
 import openapi from "../shared/http/openapi.json" with { type: "json" };
 import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { serveTestApp, token, userToken } from "./_http.ts";
 
 const RUNS = Number(Deno.env.get("PITR_FUZZ_RUNS") ?? 200);
 const SEED = Number(Deno.env.get("PITR_FUZZ_SEED") ?? 20261128);
@@ -18,17 +17,7 @@ const SEED = Number(Deno.env.get("PITR_FUZZ_SEED") ?? 20261128);
 const db = await testDatabase("fuzz");
 const sql = db.sql;
 
-const SECRET = "test-secret-for-pitr-fuzz-tests-0123456789";
-function token(claims: Record<string, unknown>) {
-  return new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setIssuedAt()
-    .setExpirationTime("2h").sign(new TextEncoder().encode(SECRET));
-}
-const user = (tenant: string, pitr_role?: string) =>
-  token({
-    role: "authenticated",
-    sub: `u-${tenant}-${pitr_role}`,
-    app_metadata: { tenant_id: tenant, ...(pitr_role ? { pitr_role } : {}) },
-  });
+const user = userToken;
 const TOKENS = {
   service: await token({ role: "service_role" }),
   admin801: await user("801", "admin"),
@@ -40,14 +29,7 @@ const TOKENS = {
 };
 
 // Restores of 202 answers run in the background; the end waits for them before comparing rows.
-const background: Promise<unknown>[] = [];
-const app = createApp({
-  sql,
-  auth: { jwtSecret: SECRET },
-  runInBackground: (work) => background.push(work.catch(() => {})),
-});
-const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, app.fetch);
-const base = `http://127.0.0.1:${server.addr.port}`;
+const { server, background, origin: base } = serveTestApp(sql, { swallowBackground: true });
 
 const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
 async function now(): Promise<string> {

@@ -1,12 +1,11 @@
 // Cancel and abandoned runs over HTTP, through a real socket: POST pitr-execute/cancel and
 // DELETE pitr-execute stop a pending or running restore, which rolls back and records cancelled.
 import assert from "node:assert/strict";
-import { SignJWT } from "jose";
-import { createApp } from "../shared/http/app.ts";
 import { createRestore } from "../shared/restore/history.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { serveTestApp, token, userToken } from "./_http.ts";
 
 // The restore of a locked row waits for it long enough to be cancelled while it waits.
 Deno.env.set("PITR_LOCK_TIMEOUT_MS", "20000");
@@ -14,30 +13,14 @@ Deno.env.set("PITR_LOCK_TIMEOUT_MS", "20000");
 const db = await testDatabase("http_cancel");
 const sql = db.sql;
 
-const SECRET = "test-secret-for-pitr-http-cancel-0123456789";
-function token(claims: Record<string, unknown>) {
-  return new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setIssuedAt()
-    .setExpirationTime("1h").sign(new TextEncoder().encode(SECRET));
-}
-const user = (tenant: string, pitr_role: string) =>
-  token({
-    role: "authenticated",
-    sub: `u-${tenant}`,
-    app_metadata: { tenant_id: tenant, pitr_role },
-  });
+const user = userToken;
 const service = await token({ role: "service_role" });
 const admin501 = await user("501", "admin");
 const viewer501 = await user("501", "viewer");
 const admin502 = await user("502", "admin");
 
-const background: Promise<unknown>[] = [];
-const app = createApp({
-  sql,
-  auth: { jwtSecret: SECRET },
-  runInBackground: (work) => background.push(work),
-});
-const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, app.fetch);
-const base = `http://127.0.0.1:${server.addr.port}/functions/v1`;
+const { server, background, origin } = serveTestApp(sql);
+const base = `${origin}/functions/v1`;
 
 interface Answer {
   status: number;

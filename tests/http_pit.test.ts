@@ -2,37 +2,20 @@
 // `{tenant_id, at}` wherever they take `snapshot_id`. Changes are made at moments read from the
 // database's clock; each restore to a moment must give exactly the tenant digest recorded then.
 import assert from "node:assert/strict";
-import { SignJWT } from "jose";
-import { createApp } from "../shared/http/app.ts";
 import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { serveTestApp, token, userToken } from "./_http.ts";
 
 const db = await testDatabase("http_pit");
 const sql = db.sql;
 
-const SECRET = "test-secret-for-pitr-http-pit-0123456789";
-function token(claims: Record<string, unknown>) {
-  return new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setIssuedAt()
-    .setExpirationTime("1h").sign(new TextEncoder().encode(SECRET));
-}
-const user = (tenant: string, pitr_role: string) =>
-  token({
-    role: "authenticated",
-    sub: `u-${tenant}`,
-    app_metadata: { tenant_id: tenant, pitr_role },
-  });
+const user = userToken;
 const service = await token({ role: "service_role" });
 const admin701 = await user("701", "admin");
 const viewer701 = await user("701", "viewer");
 const admin702 = await user("702", "admin");
 
-const background: Promise<unknown>[] = [];
-const app = createApp({
-  sql,
-  auth: { jwtSecret: SECRET },
-  runInBackground: (work) => background.push(work),
-});
-const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, app.fetch);
-const base = `http://127.0.0.1:${server.addr.port}/functions/v1`;
+const { server, background, origin } = serveTestApp(sql);
+const base = `${origin}/functions/v1`;
 
 interface Answer {
   status: number;
