@@ -71,3 +71,19 @@ export async function storeOf(sql: Sql, snapshotTableId: number | string) {
     select store_table, tenant_id, seq from public.backup_snapshot_tables where id = ${snapshotTableId}`;
   return { table: r.store_table, tenant: r.tenant_id, seq: Number(r.seq) };
 }
+
+/** The fixture's digest of one tenant's rows in every table (tests/fixtures/app.sql). */
+export async function tenantDigest(sql: Sql, tenant: number): Promise<string> {
+  const [r] = await sql<{ d: string }[]>`select public.tenant_digest(${tenant}) as d`;
+  return r.d;
+}
+
+/** The database's clock as ISO text with microseconds, a few ms clear of any change around it. */
+export async function clearMoment(sql: Sql): Promise<string> {
+  const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
+  await sleep(5);
+  const [{ t }] = await sql<{ t: string }[]>`
+    select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`;
+  await sleep(5);
+  return t;
+}

@@ -9,15 +9,12 @@ import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
 import { runDrills } from "../shared/restore/drill.ts";
 import { Conflict } from "../shared/restore/errors.ts";
-import { cleanup, dbTest, storeOf, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, storeOf, tenantDigest, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("engine");
 const sql = db.sql;
 
-async function digest(t: number): Promise<string> {
-  const [r] = await sql<{ d: string }[]>`select public.tenant_digest(${t}) as d`;
-  return r.d;
-}
+const digest = (t: number) => tenantDigest(sql, t);
 async function versions(t: number): Promise<string> {
   const [r] = await sql<{ v: string }[]>`select public.tenant_versions(${t}) as v`;
   return r.v;

@@ -9,7 +9,7 @@ import { migrate } from "../shared/db/migrate.ts";
 import { cancelRestore, createRestore, getStatus } from "../shared/restore/history.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, tenantDigest, testDatabase } from "./_db.ts";
 
 Deno.env.set("PITR_HEARTBEAT_MS", "200");
 Deno.env.set("PITR_HEARTBEAT_STALE_MS", "1500");
@@ -18,8 +18,7 @@ const db = await testDatabase("faults");
 const sql = db.sql;
 await sql`select public.seed_tenant(401, 30), public.seed_tenant(402, 30)`;
 
-const digest = async (t: number) =>
-  (await sql<{ d: string }[]>`select public.tenant_digest(${t}) as d`)[0].d;
+const digest = (t: number) => tenantDigest(sql, t);
 const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
 
 /** Damages tenant 401's lessons, then holds a lock on them from another session. */

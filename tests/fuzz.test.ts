@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import openapi from "../shared/http/openapi.json" with { type: "json" };
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, clearMoment, dbTest, testDatabase } from "./_db.ts";
 import { serveTestApp, token, userToken } from "./_http.ts";
 
 const RUNS = Number(Deno.env.get("PITR_FUZZ_RUNS") ?? 200);
@@ -31,14 +31,7 @@ const TOKENS = {
 // Restores of 202 answers run in the background; the end waits for them before comparing rows.
 const { server, background, origin: base } = serveTestApp(sql, { swallowBackground: true });
 
-const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
-async function now(): Promise<string> {
-  await sleep(5);
-  const [{ t }] = await sql<{ t: string }[]>`
-    select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`;
-  await sleep(5);
-  return t;
-}
+const now = () => clearMoment(sql);
 
 // Tenants, and a canary: a protected table (it has a tenant_id column) that nothing may change.
 const TENANTS = [801, 802, 803];

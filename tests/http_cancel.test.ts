@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { createRestore } from "../shared/restore/history.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, tenantDigest, testDatabase } from "./_db.ts";
 import { serveTestApp, token, userToken } from "./_http.ts";
 
 // The restore of a locked row waits for it long enough to be cancelled while it waits.
@@ -45,8 +45,7 @@ async function call(
 }
 
 const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
-const digest = async (t: number) =>
-  (await sql<{ d: string }[]>`select public.tenant_digest(${t}) as d`)[0].d;
+const digest = (t: number) => tenantDigest(sql, t);
 const countHistory = async (tenant: string) =>
   Number(
     (await sql<{ n: string }[]>`select count(*) as n

@@ -2,7 +2,7 @@
 // `{tenant_id, at}` wherever they take `snapshot_id`. Changes are made at moments read from the
 // database's clock; each restore to a moment must give exactly the tenant digest recorded then.
 import assert from "node:assert/strict";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, clearMoment, dbTest, tenantDigest, testDatabase } from "./_db.ts";
 import { serveTestApp, token, userToken } from "./_http.ts";
 
 const db = await testDatabase("http_pit");
@@ -41,18 +41,10 @@ async function call(
 }
 
 const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
-const digest = async (t: number) =>
-  (await sql<{ d: string }[]>`select public.tenant_digest(${t}) as d`)[0].d;
+const digest = (t: number) => tenantDigest(sql, t);
 const snapshotCount = async () =>
   Number((await sql<{ n: string }[]>`select count(*) as n from public.backup_snapshots`)[0].n);
-/** The database's clock as ISO text with microseconds, a few ms clear of any change. */
-async function now(): Promise<string> {
-  await sleep(5);
-  const [{ t }] = await sql<{ t: string }[]>`
-    select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`;
-  await sleep(5);
-  return t;
-}
+const now = () => clearMoment(sql);
 async function pollUntilDone(id: string) {
   for (;;) {
     const r = await call("GET", `pitr-status?rollback_id=${id}`);

@@ -6,22 +6,13 @@ import { createRestore } from "../shared/restore/history.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { planAt, snapshotAt, validateAt } from "../shared/restore/point_in_time.ts";
 import { BadRequest, Unprocessable } from "../shared/restore/errors.ts";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, clearMoment, dbTest, tenantDigest, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("pit");
 const sql = db.sql;
-const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
 
-const digest = async (t: number) =>
-  (await sql<{ d: string }[]>`select public.tenant_digest(${t}) as d`)[0].d;
-/** The database's clock as an ISO string with microseconds, a few ms clear of any change. */
-async function now(): Promise<string> {
-  await sleep(5);
-  const [{ t }] = await sql<{ t: string }[]>`
-    select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`;
-  await sleep(5);
-  return t;
-}
+const digest = (t: number) => tenantDigest(sql, t);
+const now = () => clearMoment(sql);
 async function restoreTo(tenant: string, at: string) {
   const snapshot = await snapshotAt(sql, { tenantId: tenant, at });
   const { id } = await createRestore(sql, {
