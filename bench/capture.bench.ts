@@ -65,9 +65,9 @@ async function walBytes(sql: Sql, from?: string, to?: string): Promise<number | 
 /** The log's size: every relation of its partition tree, with indexes and TOAST. */
 async function logSize(sql: Sql): Promise<{ rows: number; bytes: number }> {
   const [r] = await sql<{ rows: string; bytes: string }[]>`select
-    (select count(*) from public.pitr_changes) as rows,
+    (select count(*) from pitr.changes) as rows,
     (select coalesce(sum(pg_total_relation_size(relid)), 0)
-     from pg_partition_tree('public.pitr_changes')) as bytes`;
+     from pg_partition_tree('pitr.changes')) as bytes`;
   return { rows: Number(r.rows), bytes: Number(r.bytes) };
 }
 
@@ -79,7 +79,7 @@ async function settle(sql: Sql): Promise<void> {
 
 async function resetLog(sql: Sql): Promise<void> {
   // The bench's own database: emptying the log keeps each repetition's size figure separate.
-  await sql`truncate public.pitr_changes`;
+  await sql`truncate pitr.changes`;
 }
 
 async function repetition(
@@ -93,7 +93,7 @@ async function repetition(
   await settle(sql);
   if (capture) {
     await resetLog(sql);
-    await sql`select pitr_capture_enable('events')`;
+    await sql`select pitr.capture_enable('events')`;
   }
   const walFrom = await walLsn(sql);
   const run = await runWorkload(sql, {
@@ -122,12 +122,12 @@ async function repetition(
       throw new Error(`the log holds ${size.rows} rows for ${run.rowsChanged} rows changed`);
     }
     const byOp = await sql<{ op: string; n: string }[]>`
-      select op::text, count(*) as n from public.pitr_changes group by op order by op`;
+      select op::text, count(*) as n from pitr.changes group by op order by op`;
     rep.logRows = size.rows;
     rep.logBytes = size.bytes;
     rep.logRowsByOp = Object.fromEntries(byOp.map((r) => [r.op, Number(r.n)]));
     await resetLog(sql);
-    await sql`select pitr_capture_disable('events')`;
+    await sql`select pitr.capture_disable('events')`;
   }
   return { rep, run };
 }
@@ -257,7 +257,7 @@ async function run(sql: Sql): Promise<Report> {
       `each equals the rows the application changed. Ratio = with / without; "pairs" is the ` +
       `spread of the ratio within each alternating pair.` +
       (deadlocks ? ` ${deadlocks} deadlocks between tenant updates, retried.` : ""),
-      `MB = 2^20 bytes; the log's size is every relation of pg_partition_tree('public.pitr_changes') ` +
+      `MB = 2^20 bytes; the log's size is every relation of pg_partition_tree('pitr.changes') ` +
       `(heap, index, TOAST).`,
     ],
     json,

@@ -81,11 +81,11 @@ async function forgetSnapshots(sql: Sql, tenant: number): Promise<void> {
   }
   for (
     const { store_table } of await sql<{ store_table: string }[]>`
-      select store_table from public.backup_stores`
+      select store_table from pitr.backup_stores`
   ) {
     await sql`delete from pitr_store.${sql(store_table)} where pitr_tenant = ${id}`;
   }
-  await sql`delete from public.backup_store_heads where tenant_id = ${id}`;
+  await sql`delete from pitr.backup_store_heads where tenant_id = ${id}`;
 }
 
 async function tenantRows(sql: Sql, tenant: number): Promise<number> {

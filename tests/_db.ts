@@ -27,6 +27,17 @@ export async function testDatabase(label: string): Promise<TestDb> {
   return { sql: connect(url, { max: 12 }), url, name };
 }
 
+/** A database with nothing in it (template0): a test that builds a project from the start. */
+export async function emptyDatabase(label: string): Promise<TestDb> {
+  if (!adminUrl) throw new Error("run the tests with `deno task test`");
+  const name = `pitr_test_${label}_${crypto.randomUUID().slice(0, 8)}`;
+  const admin = connect(adminUrl, { max: 1 });
+  await admin`create database ${admin(name)} template template0`;
+  await admin.end();
+  const url = withDatabase(adminUrl, name);
+  return { sql: connect(url, { max: 12 }), url, name };
+}
+
 let failures = 0;
 
 /** Deno.test with the database's resources allowed to outlive a test, and failures counted. */
@@ -68,7 +79,7 @@ export function cleanup(db: TestDb) {
 /** Where a snapshot table's rows are stored: the store, and the tenant and seq that select them. */
 export async function storeOf(sql: Sql, snapshotTableId: number | string) {
   const [r] = await sql<{ store_table: string; tenant_id: string; seq: string }[]>`
-    select store_table, tenant_id, seq from public.backup_snapshot_tables where id = ${snapshotTableId}`;
+    select store_table, tenant_id, seq from pitr.backup_snapshot_tables where id = ${snapshotTableId}`;
   return { table: r.store_table, tenant: r.tenant_id, seq: Number(r.seq) };
 }
 

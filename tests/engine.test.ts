@@ -408,7 +408,7 @@ dbTest(
       let n = 0;
       for (
         const { store_table } of await sql<{ store_table: string }[]>`
-        select store_table from public.backup_stores`
+        select store_table from pitr.backup_stores`
       ) {
         const [r] = await sql<{ n: string }[]>`select count(*) as n from pitr_store.${
           sql(store_table)

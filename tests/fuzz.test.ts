@@ -48,7 +48,7 @@ for (
   const { name } of await sql<{ name: string }[]>`
   select format('%s.%s', table_schema, table_name) as name from pitr.protected_tables`
 ) {
-  await sql`select pitr_capture_enable(${name})`;
+  await sql`select pitr.capture_enable(${name})`;
 }
 
 const digests = async () =>
@@ -154,7 +154,7 @@ const tableName = fc.oneof(
     "scratch",
     "pg_catalog.pg_authid",
     "public.backup_snapshots",
-    "public.pitr_changes",
+    "pitr.changes",
     "users; drop table users",
     'users"; drop table public.fuzz_canary; --',
   ),

@@ -551,7 +551,7 @@ dbTest(
   async () => {
     const id = await snapshot("102");
     const [{ id: users }] = await sql<{ id: string }[]>`
-    select id from public.backup_snapshot_tables
+    select id from pitr.backup_snapshot_tables
     where snapshot_id = ${id} and table_schema = 'public' and table_name = 'users'`;
     const store = await storeOf(sql, users);
     await sql`update pitr_store.${sql(store.table)} set display_name = 'forged'

@@ -60,7 +60,7 @@ for (
   const { name } of await sql<{ name: string }[]>`
   select format('%s.%s', table_schema, table_name) as name from pitr.protected_tables`
 ) {
-  await sql`select pitr_capture_enable(${name})`;
+  await sql`select pitr.capture_enable(${name})`;
 }
 
 const moments: { at: string; digest: string }[] = [];
@@ -264,8 +264,8 @@ dbTest(
     }
     // Before the retention window: the log's old days were dropped.
     const [{ since }] = await sql<{ since: string }[]>`
-      select complete_since::text as since from public.pitr_settings`;
-    await sql`update public.pitr_settings set complete_since = ${moments[1].at}::text::timestamptz`;
+      select complete_since::text as since from pitr.settings`;
+    await sql`update pitr.settings set complete_since = ${moments[1].at}::text::timestamptz`;
     try {
       for (const name of ["pitr-plan", "pitr-validate", "pitr-execute"]) {
         const r = await call("POST", name, { tenant_id: "701", at: moments[0].at });
@@ -273,7 +273,7 @@ dbTest(
         assert.equal(r.body.error.code, "outside_retention");
       }
     } finally {
-      await sql`update public.pitr_settings set complete_since = ${since}::text::timestamptz`;
+      await sql`update pitr.settings set complete_since = ${since}::text::timestamptz`;
     }
     assert.equal(await history(), rows);
     assert.equal(await snapshotCount(), snapshots + 1);

@@ -27,7 +27,7 @@ await sql`select public.seed_tenant(601, 20), public.seed_tenant(602, 20)`;
 const beforeCapture = await now();
 const tables = await sql<{ name: string }[]>`
   select format('%s.%s', table_schema, table_name) as name from pitr.protected_tables`;
-for (const { name } of tables) await sql`select pitr_capture_enable(${name})`;
+for (const { name } of tables) await sql`select pitr.capture_enable(${name})`;
 
 const moments: { at: string; digest: string }[] = [];
 const mark = async () => moments.push({ at: await now(), digest: await digest(601) });
@@ -151,7 +151,7 @@ dbTest(
   async () => {
     await sql`create table public.capture_probe (id int primary key, tenant_id text, v text, touched timestamptz)`;
     await sql`insert into public.capture_probe values (1, 'x', 'a', null)`;
-    await sql`select pitr_capture_enable('capture_probe')`;
+    await sql`select pitr.capture_enable('capture_probe')`;
     await sql`update public.capture_probe set v = 'b'`;
     const rows = await sql`select * from public.capture_probe`;
     assert.deepEqual(rows.map((r) => ({ ...r })), [{
@@ -160,10 +160,10 @@ dbTest(
       v: "b",
       touched: null,
     }]);
-    const [{ n }] = await sql<{ n: string }[]>`select count(*) as n from public.pitr_changes
+    const [{ n }] = await sql<{ n: string }[]>`select count(*) as n from pitr.changes
     where relid = 'public.capture_probe'::regclass`;
     assert.equal(Number(n), 1);
-    await sql`select pitr_capture_disable('capture_probe')`;
+    await sql`select pitr.capture_disable('capture_probe')`;
     const [{ t }] = await sql<{ t: string }[]>`select count(*) as t from pg_trigger
     where tgrelid = 'public.capture_probe'::regclass and tgname like 'pitr_capture%'`;
     assert.equal(Number(t), 0);
@@ -172,9 +172,9 @@ dbTest(
 );
 
 dbTest("retention drops whole expired days and records from when the log is complete", async () => {
-  await sql`create table public.pitr_changes_20200101 partition of public.pitr_changes
+  await sql`create table pitr.changes_20200101 partition of pitr.changes
     for values from ('2020-01-01 00:00+00') to ('2020-01-02 00:00+00')`;
-  await sql`insert into public.pitr_changes (changed_at, tenant_id, relid, op, pk)
+  await sql`insert into pitr.changes (changed_at, tenant_id, relid, op, pk)
     values ('2020-01-01 12:00+00', '601', 'public.lessons'::regclass, 'I', '{"id": -1}')`;
   const [{ dropped }] = await sql<
     { dropped: number }[]
@@ -182,11 +182,11 @@ dbTest("retention drops whole expired days and records from when the log is comp
   assert.equal(dropped, 1);
   const [{ gone }] = await sql<
     { gone: boolean }[]
-  >`select to_regclass('public.pitr_changes_20200101') is null as gone`;
+  >`select to_regclass('pitr.changes_20200101') is null as gone`;
   assert.equal(gone, true);
   const [{ since }] = await sql<
     { since: Date }[]
-  >`select complete_since as since from public.pitr_settings`;
+  >`select complete_since as since from pitr.settings`;
   assert.equal(since.toISOString(), "2020-01-02T00:00:00.000Z");
   await assert.rejects(
     planAt(sql, { tenantId: "601", at: "2020-01-01T18:00:00Z" }),
@@ -197,7 +197,7 @@ dbTest("retention drops whole expired days and records from when the log is comp
 dbTest("a moment keeps its microseconds: capture enabled at T covers T exactly", async () => {
   const [{ at }] = await sql<{ at: string }[]>`
     select to_char(enabled_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as at
-    from public.pitr_capture_tables where relid = 'public.lessons'::regclass`;
+    from pitr.capture_tables where relid = 'public.lessons'::regclass`;
   assert.notEqual(at.slice(20, 26), "000000");
   const v = await validateAt(sql, { tenantId: "601", at, tables: ["lessons"] });
   assert.equal(v.valid, true, JSON.stringify(v.checks));

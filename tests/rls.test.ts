@@ -17,7 +17,6 @@ await runDrills(sql, "301");
 
 const TABLES = [
   "backup_snapshots",
-  "backup_snapshot_tables",
   "backup_pitr_rollback_history",
   "backup_pitr_drills",
 ] as const;
@@ -26,11 +25,15 @@ async function as<T>(
   role: "authenticated" | "anon",
   tenant: string | null,
   fn: (tx: typeof sql) => Promise<T>,
+  pitrRole: "viewer" | "admin" | null = "viewer",
 ) {
   let out: T;
   try {
     await sql.begin(async (tx) => {
-      const claims = JSON.stringify({ role, app_metadata: tenant ? { tenant_id: tenant } : {} });
+      const meta = tenant
+        ? { tenant_id: tenant, ...(pitrRole ? { pitr_role: pitrRole } : {}) }
+        : {};
+      const claims = JSON.stringify({ role, app_metadata: meta });
       await tx`select set_config('request.jwt.claims', ${claims}, true)`;
       await tx`select set_config('role', ${role}, true)`;
       out = await fn(tx as unknown as typeof sql);
@@ -42,7 +45,7 @@ async function as<T>(
   return out!;
 }
 
-dbTest("an authenticated user reads only the tenant in their JWT", async () => {
+dbTest("a viewer or admin reads only the tenant in their JWT", async () => {
   for (const table of TABLES) {
     const tenants = await as(
       "authenticated",
@@ -61,9 +64,27 @@ dbTest("an authenticated user reads only the tenant in their JWT", async () => {
     "authenticated",
     "302",
     (tx) => tx<{ id: string }[]>`select id from public.backup_snapshots`,
+    "admin",
   );
   assert.deepEqual(own.map((r) => r.id), [s302.snapshot_id]);
 });
+
+dbTest(
+  "a user of the tenant without app_metadata.pitr_role (or with another) reads nothing",
+  async () => {
+    for (const table of TABLES) {
+      for (const pitrRole of [null, "owner" as "admin"]) {
+        const rows = await as(
+          "authenticated",
+          "301",
+          (tx) => tx`select * from public.${sql(table)}`,
+          pitrRole,
+        );
+        assert.equal(rows.length, 0, `${table} with pitr_role ${pitrRole}`);
+      }
+    }
+  },
+);
 
 dbTest("a JWT without a tenant reads nothing, and anon reads nothing", async () => {
   const none = await as("authenticated", null, (tx) => tx`select id from public.backup_snapshots`);
@@ -95,13 +116,17 @@ dbTest("authenticated users cannot write any backup table, nor read the stored r
     as(
       "authenticated",
       "301",
-      (tx) => tx`insert into public.backup_protected_tables (table_name) values ('x')`,
+      (tx) => tx`insert into pitr.backup_protected_tables (table_name) values ('x')`,
     ),
     /permission denied/,
   );
   const store = await storeOf(sql, s301.tables[0].id);
   await assert.rejects(
     as("authenticated", "301", (tx) => tx`select * from pitr_store.${sql(store.table)}`),
+    /permission denied/,
+  );
+  await assert.rejects(
+    as("authenticated", "301", (tx) => tx`select * from pitr.backup_snapshot_tables`, "admin"),
     /permission denied/,
   );
   const [{ n }] = await sql<

@@ -4,6 +4,7 @@
 import { configuredDatabaseUrl, connect } from "../shared/db/client.ts";
 import { DataDirInUse, startEmbedded } from "../shared/db/embedded.ts";
 import { migrate, readMigrations } from "../shared/db/migrate.ts";
+import { applySupabaseDefaults, SUPABASE_DEFAULTS_SQL } from "../shared/db/supabase_defaults.ts";
 
 const configured = configuredDatabaseUrl();
 // Two test runs at once (two terminals, an editor) each get a cluster: the second a throwaway one.
@@ -17,7 +18,10 @@ const adminUrl = configured ?? server!.url;
 
 const migrations = await readMigrations();
 const fixture = await Deno.readTextFile(new URL("./fixtures/app.sql", import.meta.url));
-const bytes = new TextEncoder().encode(migrations.map((m) => m.text).join("\n") + fixture);
+const defaults = await Deno.readTextFile(SUPABASE_DEFAULTS_SQL);
+const bytes = new TextEncoder().encode(
+  defaults + migrations.map((m) => m.text).join("\n") + fixture,
+);
 const hash = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)))
   .slice(0, 6).map((b) => b.toString(16).padStart(2, "0")).join("");
 const template = `pitr_tpl_${hash}`;
@@ -28,6 +32,8 @@ if (!found) {
   await admin`create database ${admin(template + "_build")}`.catch(() => {});
   const buildUrl = withDatabase(adminUrl, template + "_build");
   const db = connect(buildUrl, { max: 1 });
+  // As on Supabase: the API roles are granted every new object of public before any migration.
+  await applySupabaseDefaults(db);
   await migrate(db);
   await db.unsafe(fixture); // the repository's own fixture file
   await db.end();

@@ -5,7 +5,7 @@ create table public.demo_tenants (
   id bigint primary key,
   name text not null
 );
-insert into public.backup_protected_tables (table_schema, table_name, tenant_column)
+insert into pitr.backup_protected_tables (table_schema, table_name, tenant_column)
 values ('public', 'demo_tenants', 'id');
 
 create table public.demo_users (

@@ -5,6 +5,7 @@ import { SignJWT } from "jose";
 import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
 import { startEmbedded } from "../db/embedded.ts";
 import { migrate } from "../db/migrate.ts";
+import { applySupabaseDefaults } from "../db/supabase_defaults.ts";
 import { transactionPoolerError, transactionPoolerReason } from "../http/pooler.ts";
 import { authConfigFromEnv } from "../http/auth.ts";
 import { DEFAULT_PORT, serveApp } from "./serve.ts";
@@ -44,6 +45,8 @@ if (configured && transactionPoolerReason(configured)) {
 const embedded = configured ? undefined : await startEmbedded(".pitr/pg", 54322);
 const url = configured ?? embedded!.url;
 const sql = connect(url, { max: 10 });
+// The embedded database is set up as a new Supabase project is, so it exposes what one would.
+if (embedded) await applySupabaseDefaults(sql);
 const applied = await migrate(sql);
 const demo = embedded ? await loadDemoOnce(sql) : false;
 

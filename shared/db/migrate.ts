@@ -24,13 +24,20 @@ export async function readMigrations(dir: URL = MIGRATIONS_DIR): Promise<Migrati
   return found.sort((a, b) => a.version.localeCompare(b.version));
 }
 
-/** Applies pending migrations, each in its own transaction; returns the versions applied. */
-export async function migrate(sql: Sql, dir: URL = MIGRATIONS_DIR): Promise<string[]> {
+/**
+ * Applies pending migrations, each in its own transaction; returns the versions applied. With
+ * `upTo`, only versions up to and including it (a test that builds a project's older layout).
+ */
+export async function migrate(
+  sql: Sql,
+  options: { dir?: URL; upTo?: string } = {},
+): Promise<string[]> {
   await sql`create schema if not exists supabase_migrations`;
   await sql`create table if not exists supabase_migrations.schema_migrations (
     version text primary key, statements text[], name text)`;
   const applied: string[] = [];
-  for (const m of await readMigrations(dir)) {
+  for (const m of await readMigrations(options.dir ?? MIGRATIONS_DIR)) {
+    if (options.upTo && m.version > options.upTo) break;
     await sql.begin(async (tx) => {
       // Serialise concurrent runners (two test processes, a deploy racing a start).
       await tx`select pg_advisory_xact_lock(hashtext('pitr:migrate'))`;

@@ -88,7 +88,7 @@ export async function foreignKeys(sql: Db): Promise<ForeignKey[]> {
     }[]
   >`select constraint_oid::int8 as constraint_oid, constraint_name, child_schema, child_table,
       child_columns, parent_schema, parent_table, parent_columns, is_deferrable, on_delete
-    from public.backup_fk_constraints_cache order by constraint_oid`;
+    from pitr.backup_fk_constraints_cache order by constraint_oid`;
   return rows.map((r) => ({
     oid: Number(r.constraint_oid),
     name: r.constraint_name,

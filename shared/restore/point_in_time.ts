@@ -29,7 +29,7 @@ async function checkMoment(sql: Db, at: string): Promise<void> {
   >`
     select ${at}::text::timestamptz > clock_timestamp() as future,
       ${at}::text::timestamptz < complete_since as early, complete_since, retention::text as retention
-    from public.pitr_settings`;
+    from pitr.settings`;
   if (s.future) throw new BadRequest("invalid_request", `at ${at} is in the future`);
   if (s.early) {
     throw new Unprocessable(
@@ -58,7 +58,7 @@ export async function snapshotAtIn(tx: Db, request: PointInTime): Promise<Snapsh
     throw e;
   }
   await tx`update public.backup_snapshots s set total_rows = (
-      select coalesce(sum(row_count), 0) from public.backup_snapshot_tables where snapshot_id = s.id)
+      select coalesce(sum(row_count), 0) from pitr.backup_snapshot_tables where snapshot_id = s.id)
     where id = ${created.id}`;
   return await getSnapshot(tx, created.id);
 }
@@ -110,7 +110,7 @@ export async function validateAt(
   const captured = new Map(
     (await sql<{ relid: string; enabled_at: Date; covers: boolean }[]>`
       select relid::int8 as relid, enabled_at, enabled_at <= ${request.at}::text::timestamptz as covers
-      from public.pitr_capture_tables`)
+      from pitr.capture_tables`)
       .map((r) => [Number(r.relid), r]),
   );
   const checks: Check[] = tables.map((t) => {
@@ -122,7 +122,7 @@ export async function validateAt(
       ok,
       severity: ok ? "info" : "error",
       message: since === undefined
-        ? `capture is not enabled for ${t.name}: select pitr_capture_enable('${t.name}')`
+        ? `capture is not enabled for ${t.name}: select pitr.capture_enable('${t.name}')`
         : ok
         ? `${t.name} is captured since ${since.toISOString()}`
         : `${t.name} is captured only since ${since.toISOString()}, after ${request.at}`,

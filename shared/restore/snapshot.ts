@@ -63,7 +63,7 @@ export async function snapshotIn(tx: Db, request: SnapshotRequest): Promise<Snap
     await tx`select pitr.snapshot_table(${created.id}, ${position}, ${t.relid}::oid)`;
   }
   await tx`update public.backup_snapshots s set total_rows = (
-      select coalesce(sum(row_count), 0) from public.backup_snapshot_tables
+      select coalesce(sum(row_count), 0) from pitr.backup_snapshot_tables
       where snapshot_id = s.id)
     where id = ${created.id}`;
   return await getSnapshot(tx, created.id);
@@ -97,7 +97,7 @@ export async function getSnapshot(sql: Db, snapshotId: string): Promise<Snapshot
       primary_key: string[];
     }[]
   >`select id, table_schema, table_name, tenant_column, row_count, checksum, primary_key
-    from public.backup_snapshot_tables where snapshot_id = ${snapshotId} order by position`;
+    from pitr.backup_snapshot_tables where snapshot_id = ${snapshotId} order by position`;
   return {
     snapshot_id: s.id,
     tenant_id: s.tenant_id,
