@@ -4,7 +4,8 @@
 import assert from "node:assert/strict";
 import { createRestore } from "../shared/restore/history.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
-import { planAt, snapshotAt, validateAt } from "../shared/restore/point_in_time.ts";
+import { planAt, snapshotAt, snapshotAtIn, validateAt } from "../shared/restore/point_in_time.ts";
+import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { BadRequest, Unprocessable } from "../shared/restore/errors.ts";
 import { cleanup, clearMoment, dbTest, tenantDigest, testDatabase } from "./_db.ts";
 
@@ -98,6 +99,32 @@ dbTest("a point-in-time plan counts the changes and changes nothing", async () =
   >`select count(*) as n from public.backup_snapshots`;
   assert.equal(after, n);
 });
+
+dbTest(
+  "a point-in-time preview holds no lock of the tenant: a snapshot and a restore go through meanwhile",
+  async () => {
+    // The preview is what planAt builds; it is held open here as a slow plan would be.
+    const session = await sql.reserve();
+    try {
+      await session`begin isolation level repeatable read`;
+      await snapshotAtIn(session, { tenantId: "602", at: moments[1].at }, { preview: true });
+      const started = performance.now();
+      const s = await takeSnapshot(sql, { tenantId: "602" });
+      const { id } = await createRestore(sql, {
+        snapshotId: s.snapshot_id,
+        tenantId: "602",
+        strategy: "overwrite",
+      });
+      const status = await executeRestore(sql, id);
+      assert.equal(status.status, "completed", JSON.stringify(status.error));
+      // Nothing waited for the preview's transaction (the lock waits are 5 s and 30 s).
+      assert.ok(performance.now() - started < 4000);
+    } finally {
+      await session`rollback`;
+      session.release();
+    }
+  },
+);
 
 dbTest(
   "a moment before capture began, or in the future, is refused and changes nothing",

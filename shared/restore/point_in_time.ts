@@ -39,17 +39,27 @@ async function checkMoment(sql: Db, at: string): Promise<void> {
   }
 }
 
-/** Builds the tenant's state at `at` as a snapshot of kind point_in_time, inside `tx`. */
-export async function snapshotAtIn(tx: Db, request: PointInTime): Promise<Snapshot> {
+/**
+ * Builds the tenant's state at `at` as a snapshot of kind point_in_time, inside `tx`. With
+ * `preview`, its rows are stored under an id of their own instead of the tenant's, so that
+ * building it neither needs nor waits for the tenant's lock (the caller rolls it back).
+ */
+export async function snapshotAtIn(
+  tx: Db,
+  request: PointInTime,
+  options: { preview?: boolean } = {},
+): Promise<Snapshot> {
   await checkMoment(tx, request.at);
   const tables = pickTables(await protectedTables(tx), request.tables, "a protected table");
   const [created] = await tx<{ id: string }[]>`
     insert into public.backup_snapshots (tenant_id, label, kind)
     values (${request.tenantId}, ${`as of ${request.at}`}, 'point_in_time')
     returning id`;
+  const storeTenant = options.preview ? `preview:${created.id}` : null;
   try {
     for (const [position, t] of tables.entries()) {
-      await tx`select pitr.snapshot_table_at(${created.id}, ${position}, ${t.relid}::oid, ${request.at}::text::timestamptz)`;
+      await tx`select pitr.snapshot_table_at(${created.id}, ${position}, ${t.relid}::oid,
+        ${request.at}::text::timestamptz, ${storeTenant})`;
     }
   } catch (e) {
     if (sqlState(e) === PG.PITR_INCOMPATIBLE) {
@@ -78,21 +88,22 @@ class RollBack extends Error {
   }
 }
 
-/** The plan of a restore to `at`. Everything it builds is rolled back: it changes nothing. */
+/**
+ * The plan of a restore to `at`. Everything it builds is rolled back: it changes nothing. It
+ * takes no tenant lock and touches none of the tenant's stored versions (a preview), so a viewer's
+ * plan never makes a snapshot or a restore of the tenant wait or answer tenant_busy.
+ */
 export async function planAt(
   sql: Sql,
   request: PointInTime & { strategy?: Strategy },
 ): Promise<Plan & { at: string }> {
   try {
     await transaction(sql, async (tx) => {
-      const snapshot = await snapshotAtIn(tx, request);
+      const snapshot = await snapshotAtIn(tx, request, { preview: true });
       throw new RollBack(
         await planRestore(tx, { snapshotId: snapshot.snapshot_id, strategy: request.strategy }),
       );
-    }, {
-      isolation: "repeatable read",
-      before: (session) => lockTenantForSnapshot(session, request.tenantId),
-    });
+    }, { isolation: "repeatable read" });
   } catch (e) {
     if (e instanceof RollBack) return { ...e.plan, at: request.at };
     throw e;

@@ -74,6 +74,13 @@ begin
 end
 $$;
 
+-- The versions of a snapshot table are found in its store under store_tenant: the tenant's id,
+-- or for a point-in-time plan (built and rolled back), an id of its own, so that the plan never
+-- touches, nor waits for, the tenant's own versions and heads.
+alter table pitr.backup_snapshot_tables add column store_tenant text;
+update pitr.backup_snapshot_tables set store_tenant = tenant_id;
+alter table pitr.backup_snapshot_tables alter column store_tenant set not null;
+
 -- Policies of the moved tables described what authenticated could read; nothing now.
 drop policy if exists "authenticated reads the registry" on pitr.backup_protected_tables;
 drop policy if exists "authenticated reads the fk graph" on pitr.backup_fk_constraints_cache;

@@ -189,7 +189,7 @@ $$;
 -- The part of a snapshot every source shares: p_source (built by the engine) yields the table's
 -- non-generated columns, today's types, for the snapshot's tenant.
 create function pitr.snapshot_table_from(p_snapshot uuid, p_position integer, p_relid oid,
-  p_source text)
+  p_source text, p_store_tenant text default null)
 returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
@@ -207,10 +207,12 @@ begin
       using errcode = 'PT422';
   end if;
   v_store := pitr.store_for(p_relid);
-  v_stored := pitr.store_rows(v_store.id, v_snap.tenant_id, v_snap.seq, v_pk, p_source);
-  insert into pitr.backup_snapshot_tables (snapshot_id, tenant_id, position, table_schema,
-    table_name, tenant_column, store_id, store_table, seq, columns, primary_key, row_count, checksum)
-  values (p_snapshot, v_snap.tenant_id, p_position, v_table.table_schema, v_table.table_name,
+  v_stored := pitr.store_rows(v_store.id, coalesce(p_store_tenant, v_snap.tenant_id), v_snap.seq,
+    v_pk, p_source);
+  insert into pitr.backup_snapshot_tables (snapshot_id, tenant_id, store_tenant, position,
+    table_schema, table_name, tenant_column, store_id, store_table, seq, columns, primary_key,
+    row_count, checksum)
+  values (p_snapshot, v_snap.tenant_id, coalesce(p_store_tenant, v_snap.tenant_id), p_position, v_table.table_schema, v_table.table_name,
     v_table.tenant_column, v_store.id, v_store.store_table, v_snap.seq, v_store.columns, v_pk,
     v_stored.stored_rows, v_stored.stored_checksum)
   returning id into v_id;
@@ -225,17 +227,17 @@ language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
   v_st record;
 begin
-  create temp table if not exists pitr_dropped (store_id bigint, store_table text, tenant_id text)
+  create temp table if not exists pitr_dropped (store_id bigint, store_table text, store_tenant text)
     on commit drop;
   insert into pitr_dropped
-  select distinct store_id, store_table, tenant_id from pitr.backup_snapshot_tables
+  select distinct store_id, store_table, store_tenant from pitr.backup_snapshot_tables
   where snapshot_id = p_snapshot;
   delete from public.backup_snapshots where id = p_snapshot;
   for v_st in select distinct * from pitr_dropped loop
     execute format('delete from pitr_store.%I s where s.pitr_tenant = %L and s.pitr_to is not null
         and not exists (select from pitr.backup_snapshot_tables t where t.store_id = %s
-          and t.tenant_id = %L and t.seq >= s.pitr_from and t.seq < s.pitr_to)',
-      v_st.store_table, v_st.tenant_id, v_st.store_id, v_st.tenant_id);
+          and t.store_tenant = %L and t.seq >= s.pitr_from and t.seq < s.pitr_to)',
+      v_st.store_table, v_st.store_tenant, v_st.store_id, v_st.store_tenant);
   end loop;
   delete from pitr_dropped;
 end

@@ -38,7 +38,7 @@ begin
   end if;
   r.live := format('%I.%I', v_st.table_schema, v_st.table_name);
   r.store := format('pitr_store.%I', v_st.store_table);
-  r.members := pitr.members(v_st.tenant_id, v_st.seq);
+  r.members := pitr.members(v_st.store_tenant, v_st.seq);
   r.by_text := (select hash_by_text from pitr.backup_stores where id = v_st.store_id);
   r.tenant_pred := pitr.tenant_predicate(r.relid, v_st.tenant_column, v_st.tenant_id);
   r.checksum := v_st.checksum;

@@ -26,7 +26,7 @@ begin
   end if;
   -- A restore skips this pass: it compares what it wrote with the recorded checksum instead.
   v_digest := case when p_checksum then pitr.digest(
-      format('pitr_store.%I s where %s', v_st.store_table, pitr.members(v_st.tenant_id, v_st.seq)),
+      format('pitr_store.%I s where %s', v_st.store_table, pitr.members(v_st.store_tenant, v_st.seq)),
       array(select format('s.%I', c ->> 'name') from jsonb_array_elements(v_st.columns) c),
       (select hash_by_text from pitr.backup_stores where id = v_st.store_id))
     else v_st.checksum end;
@@ -71,7 +71,7 @@ begin
   loop
     if v_col.new_type is null or v_col.is_generated then
       execute format('select count(*) from pitr_store.%I s where %s and s.%I is not null',
-        v_st.store_table, pitr.members(v_st.tenant_id, v_st.seq), v_col.name)
+        v_st.store_table, pitr.members(v_st.store_tenant, v_st.seq), v_col.name)
       into v_bad;
       return query select 'columns', v_bad = 0, case when v_bad = 0 then 'warning' else 'error' end,
         format('column %s.%s was dropped since the snapshot%s', v_name, v_col.name,
@@ -81,7 +81,7 @@ begin
       begin
         -- A value survives the new type when it casts there and back unchanged.
         execute format('select count(*) from pitr_store.%I s where %s and s.%I::%s::%s is distinct from s.%I',
-          v_st.store_table, pitr.members(v_st.tenant_id, v_st.seq), v_col.name, v_col.new_type,
+          v_st.store_table, pitr.members(v_st.store_tenant, v_st.seq), v_col.name, v_col.new_type,
           v_col.old_type, v_col.name)
         into v_bad;
         return query select 'columns', v_bad = 0, case when v_bad = 0 then 'warning' else 'error' end,

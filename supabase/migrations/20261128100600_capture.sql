@@ -187,7 +187,7 @@ revoke execute on function pitr.capture_enable(text), pitr.capture_disable(text)
 -- p_at (none if that change was its insert); any other key is as it is now. Stored like any
 -- snapshot (pitr.snapshot_table_from), so plan, execute and verify treat it as one.
 create function pitr.snapshot_table_at(p_snapshot uuid, p_position integer, p_relid oid,
-  p_at timestamptz)
+  p_at timestamptz, p_store_tenant text default null)
 returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp as $$
 declare
@@ -218,7 +218,8 @@ begin
        cross join lateral jsonb_populate_record(null::%4$I.%5$I, ch.old_row) l
      where ch.op <> ''I'' and %6$s)',
     p_relid, p_at, v_select, v_table.table_schema, v_table.table_name, v_pred,
-    (select string_agg(format('%L, l.%I', k, k), ', ') from unnest(pitr.primary_key_of(p_relid)) k)));
+    (select string_agg(format('%L, l.%I', k, k), ', ') from unnest(pitr.primary_key_of(p_relid)) k)),
+    p_store_tenant);
 end
 $$;
 
