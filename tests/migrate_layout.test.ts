@@ -18,8 +18,12 @@ const sql = db.sql;
 
 await applySupabaseDefaults(sql);
 await migrate(sql, { upTo: OLD_LAYOUT });
-await sql`create table public.notes (id bigint primary key, tenant_id text not null, body text)`;
-await sql`insert into public.notes select i, (i % 2 + 1)::text, 'note ' || i
+// An enum column: the old layout's stores kept it in the application's type.
+await sql`create type public.note_mood as enum ('calm', 'busy')`;
+await sql`create table public.notes (id bigint primary key, tenant_id text not null, body text,
+  mood public.note_mood)`;
+await sql`insert into public.notes select i, (i % 2 + 1)::text, 'note ' || i,
+  case when i % 3 = 0 then 'busy' else 'calm' end::public.note_mood
   from generate_series(1, 20) i`;
 // A snapshot and a day of capture, taken with the old layout's own SQL.
 const [{ id: oldSnapshot }] = await sql<{ id: string }[]>`
@@ -79,6 +83,10 @@ dbTest("the API roles hold nothing in the private schemas after the move", async
 });
 
 dbTest("a snapshot taken with the old layout validates and restores exactly", async () => {
+  // Its store no longer depends on the application's enum: converted, checksums kept valid.
+  const depends = await sql`select from pg_depend d join pg_class c on c.oid = d.objid
+    where c.relnamespace = 'pitr_store'::regnamespace and d.refobjid = 'public.note_mood'::regtype`;
+  assert.equal(depends.length, 0);
   const v = await validateSnapshot(sql, oldSnapshot);
   assert.equal(v.valid, true, JSON.stringify(v.checks));
   const { id } = await createRestore(sql, {

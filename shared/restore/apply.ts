@@ -14,8 +14,13 @@ const BATCH_ROWS = 10_000;
 export interface ApplyOptions {
   strategy: Strategy;
   tables?: string[];
-  /** A drill: no undo snapshot and no sequence moves, since the caller always rolls back. */
+  /** A drill: no undo snapshot, since the caller always rolls back. */
   drill?: boolean;
+  /**
+   * Moves a sequence forward to a value the restore is about to write, on a connection other
+   * than the restore's (see pitr.advance_sequence); without it (a drill) sequences are left.
+   */
+  advanceSequence?(sequence: string, value: number): Promise<void>;
   lockTimeoutMs?: number;
   onPlan?(
     plan: Plan,
@@ -90,6 +95,14 @@ export async function applySnapshot(
   let written = 0;
   const current = { table: undefined as string | undefined };
   try {
+    // Before any write: the sequences first pass every value the restore will write, so the
+    // application's next inserts cannot take one of them.
+    for (const t of options.advanceSequence ? plan.steps : []) {
+      current.table = t.name;
+      const behind = await tx<{ seq: string; max_value: string }[]>`
+        select seq, max_value from pitr.sequences_behind(${t.id})`;
+      for (const b of behind) await options.advanceSequence!(b.seq, Number(b.max_value));
+    }
     if (options.strategy === "overwrite") {
       // Children first, so a parent's rows go after the rows that pointed at them.
       for (const t of [...plan.steps].reverse()) {
@@ -108,10 +121,6 @@ export async function applySnapshot(
         const rows = Number(r.updated) + Number(r.inserted);
         written += rows;
         await step({ step: "restore", table: t.name, rows }, rows);
-      }
-      if (!options.drill) {
-        await tx`select pitr.move_sequences(relid) from pitr.protected_tables
-          where table_schema = ${t.schema} and table_name = ${t.table}`;
       }
     }
 

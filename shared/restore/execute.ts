@@ -48,6 +48,10 @@ export async function executeRestore(
         strategy: pending.strategy,
         tables: requested_tables ?? undefined,
         lockTimeoutMs: options.lockTimeoutMs,
+        // A statement of its own on the pool: its lock on the sequence ends with it.
+        advanceSequence: async (seq, value) => {
+          await sql`select pitr.advance_sequence(${seq}::regclass, ${value})`;
+        },
         onPlan: (_plan, rowsTotal, fkChecks, undoId) =>
           progress.planned(rowsTotal, fkChecks, undoId),
         onStep: (s, work) => progress.advance(s, work),

@@ -143,7 +143,8 @@ async function outsideSetWarnings(
   counts: TableCounts[],
 ): Promise<Warning[]> {
   const warnings: Warning[] = [];
-  const deletes = new Map(counts.map((c) => [c.table, c.delete]));
+  // Rows deleted, and rows updated (one whose referenced unique key changes takes the key away).
+  const removes = new Map(counts.map((c) => [c.table, c.delete + c.update]));
   for (const fk of fks) {
     const child = restored.get(fk.child);
     const parent = restored.get(fk.parent);
@@ -160,7 +161,7 @@ async function outsideSetWarnings(
         });
       }
     }
-    if (parent && !child && strategy === "overwrite" && (deletes.get(fk.parent) ?? 0) > 0) {
+    if (parent && !child && strategy === "overwrite" && (removes.get(fk.parent) ?? 0) > 0) {
       const [{ n }] = await sql<{ n: string }[]>`
         select pitr.fk_children_of_deleted(${fk.oid}::oid, ${parent.id}) as n`;
       if (Number(n) > 0) {
@@ -169,7 +170,7 @@ async function outsideSetWarnings(
           code: "cascade_outside_set",
           table: fk.parent,
           message:
-            `deleting rows of ${fk.parent} would ${
+            `deleting rows of ${fk.parent} or changing their keys would ${
               fk.onDelete === "cascade" ? "cascade into" : "orphan"
             } ${n} rows of ${fk.child} (${fk.name}); ` +
             (inSnapshot

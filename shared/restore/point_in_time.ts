@@ -7,7 +7,7 @@ import { transaction } from "../db/transaction.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { BadRequest, PG, sqlState, Unprocessable } from "./errors.ts";
 import { type Plan, planRestore, type Strategy } from "./plan.ts";
-import { getSnapshot, lockTenantForSnapshot, type Snapshot } from "./snapshot.ts";
+import { ensureStores, getSnapshot, lockTenantForSnapshot, type Snapshot } from "./snapshot.ts";
 import type { Check } from "./validate.ts";
 
 export interface PointInTime {
@@ -103,7 +103,7 @@ export async function planAt(
       throw new RollBack(
         await planRestore(tx, { snapshotId: snapshot.snapshot_id, strategy: request.strategy }),
       );
-    }, { isolation: "repeatable read" });
+    }, { isolation: "repeatable read", before: ensureStores });
   } catch (e) {
     if (e instanceof RollBack) return { ...e.plan, at: request.at };
     throw e;

@@ -47,6 +47,16 @@ export function takeSnapshot(sql: Sql, request: SnapshotRequest): Promise<Snapsh
 export async function lockTenantForSnapshot(session: Sql, tenantId: string) {
   await session`select set_config('lock_timeout', ${`${SNAPSHOT_LOCK_WAIT_MS}ms`}, false)`;
   await lockTenant(session, tenantId, "session");
+  await ensureStores(session);
+}
+
+/**
+ * Creates the store of every protected table that has none for its columns yet, each in a
+ * transaction of its own before the snapshot's REPEATABLE READ transaction begins: inside it, a
+ * store another snapshot created meanwhile would be invisible, and creating it again would fail.
+ */
+export async function ensureStores(session: Sql) {
+  await session`select pitr.store_for(relid) from pitr.protected_tables`;
 }
 
 const SNAPSHOT_LOCK_WAIT_MS = Number(Deno.env.get("PITR_SNAPSHOT_LOCK_WAIT_MS") ?? 30_000);

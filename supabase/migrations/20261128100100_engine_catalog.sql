@@ -60,7 +60,8 @@ select k.oid as constraint_oid, k.conname::text as constraint_name,
   case k.confdeltype when 'a' then 'no action' when 'r' then 'restrict' when 'c' then 'cascade'
     when 'n' then 'set null' when 'd' then 'set default' end as on_delete,
   case k.confupdtype when 'a' then 'no action' when 'r' then 'restrict' when 'c' then 'cascade'
-    when 'n' then 'set null' when 'd' then 'set default' end as on_update
+    when 'n' then 'set null' when 'd' then 'set default' end as on_update,
+  k.confmatchtype = 'f' as match_full
 from pg_constraint k
 join pg_class cc on cc.oid = k.conrelid join pg_namespace cn on cn.oid = cc.relnamespace
 join pg_class pc on pc.oid = k.confrelid join pg_namespace pn on pn.oid = pc.relnamespace
@@ -114,15 +115,58 @@ language sql stable set search_path = pg_catalog, pg_temp set enable_nestloop = 
   where i.indrelid = p_relid and i.indisprimary
 $$;
 
+-- The type a store keeps a column in. A store must never depend on the application's own types:
+-- the application's DROP TYPE, ALTER TYPE ... RENAME VALUE or ALTER DOMAIN ... ADD CONSTRAINT
+-- must behave exactly as without this project. So a domain is kept as its base type, and any
+-- other type of the application's (an enum, a composite or range type, an array of one) as its
+-- text, written and read back with the output settings pinned (see pitr.digest): exact, since
+-- these types' text forms round-trip. Built-in and extension types are kept as they are.
+create function pitr.store_type(p_type oid, p_typmod integer) returns text
+language plpgsql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
+declare
+  t record;
+begin
+  select ty.typtype, ty.typbasetype, ty.typtypmod, n.nspname,
+    exists (select from pg_depend d where d.classid = 'pg_type'::regclass and d.objid = ty.oid
+      and d.deptype = 'e') as in_extension
+  into t
+  from pg_type ty join pg_namespace n on n.oid = ty.typnamespace
+  where ty.oid = p_type;
+  if t.nspname in ('pg_catalog', 'information_schema') or t.in_extension then
+    return format_type(p_type, p_typmod);
+  elsif t.typtype = 'd' then
+    return pitr.store_type(t.typbasetype, t.typtypmod);
+  end if;
+  return 'text';
+end
+$$;
+
 create function pitr.live_columns(p_relid oid)
 returns table (name text, type text, type_oid oid, is_generated boolean, identity_always boolean,
-  not_null boolean, has_default boolean)
+  not_null boolean, has_default boolean, store_type text)
 language sql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
   select a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid, a.attgenerated <> '',
-    a.attidentity = 'a', a.attnotnull, a.atthasdef or a.attidentity <> ''
+    a.attidentity = 'a', a.attnotnull, a.atthasdef or a.attidentity <> '',
+    pitr.store_type(a.atttypid, a.atttypmod)
   from pg_attribute a
   where a.attrelid = p_relid and a.attnum > 0 and not a.attisdropped
   order by a.attnum
+$$;
+
+-- The columns of the table's unique indexes and exclusion constraints other than its primary key
+-- (in keys, expressions and predicates alike). A restored row whose values in these change is
+-- deleted and inserted again rather than updated, so that any permutation of unique values
+-- among restored rows restores (see pitr.table_diff).
+create function pitr.unique_columns(p_relid oid) returns text[]
+language sql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on as $$
+  select coalesce(array_agg(distinct a.attname::text), '{}')
+  from pg_index i
+  join pg_attribute a on a.attrelid = i.indrelid and a.attnum > 0 and not a.attisdropped
+    and (a.attnum = any (i.indkey::int2[]) or exists (
+      select from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = i.indexrelid
+        and d.refclassid = 'pg_class'::regclass and d.refobjid = i.indrelid
+        and d.refobjsubid = a.attnum))
+  where i.indrelid = p_relid and not i.indisprimary and (i.indisunique or i.indisexclusion)
 $$;
 
 -- A predicate on alias l selecting one tenant's rows that can use an index on the tenant column:

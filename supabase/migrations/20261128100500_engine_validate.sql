@@ -7,7 +7,7 @@ create function pitr.validate_table(p_snapshot_table bigint, p_checksum boolean 
 returns table (check_name text, ok boolean, severity text, message text)
 language plpgsql
 set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
-set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex'
+set intervalstyle = 'postgres' set extra_float_digits = 3 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content'
 as $$
 declare
   v_st pitr.backup_snapshot_tables;
@@ -52,7 +52,9 @@ begin
 
   v_pk := pitr.primary_key_of(v_relid);
   if v_pk is null then
-    return query select 'primary_key', false, 'error', format('table %s has no primary key now', v_name);
+    return query select 'primary_key', true, 'info',
+      format('table %s has no primary key: its rows are restored as a multiset, matched by row image',
+        v_name);
   elsif exists (select from unnest(v_pk) k where not exists (
       select from jsonb_array_elements(v_st.columns) c where c ->> 'name' = k)) then
     return query select 'primary_key', false, 'error',
@@ -65,7 +67,7 @@ begin
   -- Columns of the snapshot: dropped or retyped since.
   for v_col in
     select s.col ->> 'name' as name, s.col ->> 'type' as old_type, c.type as new_type,
-      c.is_generated
+      s.col ->> 'store' as store_type, c.is_generated
     from jsonb_array_elements(v_st.columns) s(col)
     left join pitr.live_columns(v_relid) c on c.name = s.col ->> 'name'
   loop
@@ -77,21 +79,31 @@ begin
         format('column %s.%s was dropped since the snapshot%s', v_name, v_col.name,
           case when v_bad = 0 then ' (it held only NULLs)'
             else format('; %s rows hold values that would be lost', v_bad) end);
-    elsif v_col.new_type <> v_col.old_type then
+    elsif v_col.new_type <> v_col.old_type or v_col.new_type <> v_col.store_type then
       begin
-        -- A value survives the new type when it casts there and back unchanged.
+        -- A value survives the type it goes back to when it casts there and back to its stored
+        -- type unchanged. A value of one of the application's types is stored as its text and is
+        -- checked even when the type kept its name: a label renamed or dropped since, or a
+        -- domain's new constraint, would refuse it.
         execute format('select count(*) from pitr_store.%I s where %s and s.%I::%s::%s is distinct from s.%I',
           v_st.store_table, pitr.members(v_st.store_tenant, v_st.seq), v_col.name, v_col.new_type,
-          v_col.old_type, v_col.name)
+          v_col.store_type, v_col.name)
         into v_bad;
+        continue when v_bad = 0 and v_col.new_type = v_col.old_type;
         return query select 'columns', v_bad = 0, case when v_bad = 0 then 'warning' else 'error' end,
-          format('column %s.%s changed type from %s to %s%s', v_name, v_col.name, v_col.old_type,
-            v_col.new_type, case when v_bad = 0 then '; every value casts without loss'
-              else format('; %s values would change', v_bad) end);
+          case when v_col.new_type = v_col.old_type
+            then format('column %s.%s (%s): %s snapshot values would change', v_name, v_col.name,
+              v_col.new_type, v_bad)
+            else format('column %s.%s changed type from %s to %s%s', v_name, v_col.name,
+              v_col.old_type, v_col.new_type, case when v_bad = 0 then '; every value casts without loss'
+                else format('; %s values would change', v_bad) end) end;
       exception when others then
         return query select 'columns', false, 'error',
-          format('column %s.%s changed type from %s to %s and its values cannot be cast: %s',
-            v_name, v_col.name, v_col.old_type, v_col.new_type, sqlerrm);
+          case when v_col.new_type = v_col.old_type
+            then format('column %s.%s (%s) no longer accepts values of the snapshot: %s', v_name,
+              v_col.name, v_col.new_type, sqlerrm)
+            else format('column %s.%s changed type from %s to %s and its values cannot be cast: %s',
+              v_name, v_col.name, v_col.old_type, v_col.new_type, sqlerrm) end;
       end;
     end if;
   end loop;

@@ -1,0 +1,298 @@
+// Exactness where constraints are involved: a restore never commits a broken foreign key (keys
+// that are not primary, parents deleted by other sessions meanwhile, MATCH FULL), restores any
+// permutation of unique values, restores tables without a primary key as multisets, and keeps
+// snapshots independent of the application's own types.
+import assert from "node:assert/strict";
+import { applySnapshot } from "../shared/restore/apply.ts";
+import { executeRestore } from "../shared/restore/execute.ts";
+import { createRestore } from "../shared/restore/history.ts";
+import { planRestore } from "../shared/restore/plan.ts";
+import { takeSnapshot } from "../shared/restore/snapshot.ts";
+import { validateSnapshot } from "../shared/restore/validate.ts";
+import { cleanup, dbTest, testDatabase } from "./_db.ts";
+
+const db = await testDatabase("constraints");
+const sql = db.sql;
+
+await sql.unsafe(`
+  create schema shop;
+  create table shop.countries (code text primary key);
+  insert into shop.countries values ('NL'), ('SA'), ('FR');
+  create table shop.plans (id bigint primary key, tenant_id text not null, code text not null,
+    unique (tenant_id, code));
+  create table shop.subscriptions (id bigint primary key, tenant_id text not null,
+    plan_code text not null, country text references shop.countries (code),
+    foreign key (tenant_id, plan_code) references shop.plans (tenant_id, code) on update cascade);
+  create table shop.members (id bigint primary key, tenant_id text not null, email text not null,
+    badge int, unique (tenant_id, email), unique (badge));
+  create table shop.visits (tenant_id text not null, path text, hits int);
+  create type shop.level as enum ('low', 'mid', 'high');
+  create domain shop.small_positive as int check (value > 0);
+  create type shop.money_pair as (amount numeric, note text);
+  create table shop.settings (id bigint primary key, tenant_id text not null, lvl shop.level,
+    quota shop.small_positive, pair shop.money_pair, lvls shop.level[]);
+  create table shop.refs (id bigint primary key, tenant_id text not null, a int, b int);
+  create table shop.ref_targets (a int, b int, tenant_id text not null, primary key (a, b));
+  create table shop.tickets (id text primary key, tenant_id text not null,
+    num bigint generated always as identity);
+  insert into pitr.backup_protected_tables (table_schema, table_name)
+  select 'shop', t from unnest(array['plans', 'subscriptions', 'members', 'visits', 'settings',
+    'refs', 'ref_targets', 'tickets']) t;
+`);
+
+async function restore(snapshotId: string, tenant: string, tables?: string[]) {
+  const { id } = await createRestore(sql, {
+    snapshotId,
+    tenantId: tenant,
+    strategy: "overwrite",
+    tables,
+  });
+  return await executeRestore(sql, id);
+}
+
+/** A table's rows of a tenant as sorted text (a multiset), the way a person would compare them. */
+async function rows(table: string, tenant: string): Promise<string[]> {
+  const r = await sql<{ t: string }[]>`
+    select x::text as t from ${sql(table)} x where tenant_id = ${tenant} order by 1`;
+  return r.map((x) => x.t);
+}
+
+dbTest(
+  "a restore of a parent whose referenced unique key changed since is refused, naming the constraint; with the child it restores",
+  async () => {
+    await sql`insert into shop.plans values (1, 't1', 'basic'), (2, 't1', 'pro')`;
+    await sql`insert into shop.subscriptions values (10, 't1', 'basic', 'NL'), (11, 't1', 'pro', 'SA')`;
+    const tables = ["shop.plans", "shop.subscriptions"];
+    const s = await takeSnapshot(sql, { tenantId: "t1", tables });
+    const before = [await rows("shop.plans", "t1"), await rows("shop.subscriptions", "t1")];
+    // The rename cascades to the subscriptions.
+    await sql`update shop.plans set code = 'starter' where id = 1`;
+    const renamed = [await rows("shop.plans", "t1"), await rows("shop.subscriptions", "t1")];
+
+    const plan = await planRestore(sql, { snapshotId: s.snapshot_id, tables: ["shop.plans"] });
+    assert.ok(plan.warnings.some((w) => w.blocking && w.code === "cascade_outside_set"));
+    const refused = await restore(s.snapshot_id, "t1", ["shop.plans"]);
+    assert.equal(refused.status, "failed");
+    assert.match(refused.error!.code, /plan_blocked|foreign_key_violation/);
+    assert.deepEqual(
+      [await rows("shop.plans", "t1"), await rows("shop.subscriptions", "t1")],
+      renamed,
+    );
+
+    // applySnapshot itself (what execute and drills run) refuses it at its plan.
+    await assert.rejects(
+      sql.begin((tx) =>
+        applySnapshot(tx, s.snapshot_id, { strategy: "overwrite", tables: ["shop.plans"] })
+      ),
+      (e: Error & { code?: string }) => e.code === "plan_blocked",
+    );
+
+    const whole = await restore(s.snapshot_id, "t1", tables);
+    assert.equal(whole.status, "completed", JSON.stringify(whole.error));
+    assert.deepEqual(
+      [await rows("shop.plans", "t1"), await rows("shop.subscriptions", "t1")],
+      before,
+    );
+  },
+);
+
+dbTest(
+  "a child added by another session after the plan, pointing at a key the restore takes away, is caught before commit",
+  async () => {
+    await sql`insert into shop.plans values (3, 't2', 'gold')`;
+    const s = await takeSnapshot(sql, { tenantId: "t2", tables: ["shop.plans"] });
+    await sql`update shop.plans set code = 'platinum' where id = 3`;
+    // The plan sees no child of 'platinum'; one is committed right after it.
+    const failure = await sql.begin((tx) =>
+      applySnapshot(tx, s.snapshot_id, {
+        strategy: "overwrite",
+        onPlan: async () => {
+          await sql`insert into shop.subscriptions values (30, 't2', 'platinum', null)`;
+        },
+      })
+    ).then(() => undefined, (e: Error & { code?: string }) => e);
+    assert.equal(failure?.code, "foreign_key_violation");
+    assert.match(
+      failure!.message,
+      /1 rows of shop\.subscriptions reference rows of shop\.plans .*subscriptions_tenant_id_plan_code_fkey/,
+    );
+    assert.deepEqual(await rows("shop.plans", "t2"), ["(3,t2,platinum)"]);
+    assert.deepEqual(await rows("shop.subscriptions", "t2"), ["(30,t2,platinum,)"]);
+  },
+);
+
+dbTest(
+  "a parent outside the restore is locked FOR KEY SHARE: another session cannot delete it before commit",
+  async () => {
+    await sql`insert into shop.plans values (4, 't3', 'basic')`;
+    await sql`insert into shop.subscriptions values (40, 't3', 'basic', 'FR')`;
+    const s = await takeSnapshot(sql, {
+      tenantId: "t3",
+      tables: ["shop.plans", "shop.subscriptions"],
+    });
+    await sql`delete from shop.subscriptions where tenant_id = 't3'`;
+    const other = await sql.reserve();
+    try {
+      await sql.begin(async (tx) => {
+        await applySnapshot(tx, s.snapshot_id, { strategy: "overwrite", drill: true });
+        // The restore's transaction is still open: the country its restored row points at is
+        // locked, so another session's delete of it waits (and would fail after commit).
+        await other`set lock_timeout = '300ms'`;
+        await assert.rejects(
+          other`delete from shop.countries where code = 'FR'`,
+          (e: Error & { code?: string }) => e.code === "55P03",
+        );
+      });
+      assert.deepEqual(await rows("shop.subscriptions", "t3"), ["(40,t3,basic,FR)"]);
+      await assert.rejects(other`delete from shop.countries where code = 'FR'`, /foreign key/);
+    } finally {
+      other.release();
+    }
+  },
+);
+
+dbTest("swapped, rotated and moved unique values restore in one transaction", async () => {
+  await sql`insert into shop.members values
+    (1, 'u', 'a@x', 1), (2, 'u', 'b@x', 2), (3, 'u', 'c@x', 3), (4, 'u', 'd@x', 4)`;
+  const s = await takeSnapshot(sql, { tenantId: "u", tables: ["shop.members"] });
+  const before = await rows("shop.members", "u");
+  // A swap of emails, a rotation of badges, and a key moved from one row to another.
+  await sql.begin(async (tx) => {
+    await tx`update shop.members set email = 'tmp' where id = 1`;
+    await tx`update shop.members set email = 'a@x' where id = 2`;
+    await tx`update shop.members set email = 'b@x' where id = 1`;
+    await tx`update shop.members set badge = badge + 10`;
+    await tx`update shop.members set badge = case id when 1 then 2 when 2 then 3 when 3 then 1 else 4 end`;
+    await tx`update shop.members set email = 'e@x' where id = 3`;
+    await tx`update shop.members set email = 'c@x' where id = 4`;
+  });
+  assert.notDeepEqual(await rows("shop.members", "u"), before);
+  const status = await restore(s.snapshot_id, "u");
+  assert.equal(status.status, "completed", JSON.stringify(status.error));
+  assert.deepEqual(await rows("shop.members", "u"), before);
+  const again = await planRestore(sql, { snapshotId: s.snapshot_id });
+  assert.equal(again.totals.update + again.totals.insert + again.totals.delete, 0);
+});
+
+dbTest(
+  "a table without a primary key is snapshotted and restored exactly, as a multiset",
+  async () => {
+    await sql`insert into shop.visits values ('v', '/a', 1), ('v', '/a', 1), ('v', '/b', null),
+    ('w', '/a', 1)`;
+    const s = await takeSnapshot(sql, { tenantId: "v" });
+    assert.ok(s.tables.some((t) => t.name === "shop.visits" && t.rows === 3));
+    const before = await rows("shop.visits", "v");
+    const other = await sql`select xmin::text, ctid::text from shop.visits where tenant_id = 'w'`;
+    await sql`delete from shop.visits where tenant_id = 'v' and path = '/b'`;
+    await sql`update shop.visits set hits = 2 where ctid = (select min(ctid) from shop.visits
+    where tenant_id = 'v' and path = '/a')`;
+    await sql`insert into shop.visits values ('v', '/c', 5), ('v', '/c', 5)`;
+    const plan = await planRestore(sql, { snapshotId: s.snapshot_id, tables: ["shop.visits"] });
+    const counts = plan.tables.find((t) => t.table === "shop.visits")!;
+    assert.deepEqual([counts.insert, counts.delete, counts.update], [2, 3, 0]);
+
+    const status = await restore(s.snapshot_id, "v", ["shop.visits"]);
+    assert.equal(status.status, "completed", JSON.stringify(status.error));
+    assert.deepEqual(await rows("shop.visits", "v"), before);
+    assert.deepEqual(
+      await sql`select xmin::text, ctid::text from shop.visits where tenant_id = 'w'`,
+      other,
+    );
+    // Unchanged since, a second snapshot stores nothing new; the undo snapshot restores the damage.
+    const [{ store }] = await sql<{ store: string }[]>`
+    select 'pitr_store.' || store_table as store from pitr.backup_snapshot_tables
+    where id = ${s.tables.find((t) => t.name === "shop.visits")!.id}`;
+    const versions = async () =>
+      (await sql<{ n: string }[]>`select count(*) as n from ${sql(store)} where pitr_tenant = 'v'`)[
+        0
+      ]
+        .n;
+    await takeSnapshot(sql, { tenantId: "v", tables: ["shop.visits"] });
+    const stored = await versions();
+    await takeSnapshot(sql, { tenantId: "v", tables: ["shop.visits"] });
+    assert.equal(await versions(), stored);
+    const undo = await restore(status.undo_snapshot_id!, "v", ["shop.visits"]);
+    assert.equal(undo.status, "completed");
+    assert.equal((await rows("shop.visits", "v")).filter((r) => r.includes("/c")).length, 2);
+  },
+);
+
+dbTest(
+  "a MATCH FULL key written half null is refused before commit, naming the constraint",
+  async () => {
+    await sql`insert into shop.ref_targets values (1, 1, 'm')`;
+    await sql`insert into shop.refs values (1, 'm', 1, null), (2, 'm', 1, 1)`;
+    const s = await takeSnapshot(sql, { tenantId: "m", tables: ["shop.refs"] });
+    await sql`delete from shop.refs where tenant_id = 'm'`;
+    await sql`alter table shop.refs add constraint refs_full foreign key (a, b)
+      references shop.ref_targets (a, b) match full not valid`;
+    try {
+      const status = await restore(s.snapshot_id, "m", ["shop.refs"]);
+      assert.equal(status.status, "failed");
+      assert.equal(status.error!.code, "foreign_key_violation");
+      assert.match(status.error!.message, /refs_full/);
+      assert.deepEqual(await rows("shop.refs", "m"), []);
+    } finally {
+      await sql`alter table shop.refs drop constraint refs_full`;
+    }
+  },
+);
+
+dbTest(
+  "stores keep no dependency on the application's types: its DROP TYPE and ALTER DOMAIN run as without pitr",
+  async () => {
+    await sql`insert into shop.settings values
+      (1, 's', 'mid', 5, row(1.50, 'a "quoted" note')::shop.money_pair, '{low,high}'),
+      (2, 's', null, null, null, '[0:1]={mid,mid}')`;
+    const s = await takeSnapshot(sql, { tenantId: "s", tables: ["shop.settings"] });
+    const before = await rows("shop.settings", "s");
+    const depends = await sql`
+      select d.refobjid::regtype::text as type from pg_depend d
+      join pg_class c on c.oid = d.objid and d.classid = 'pg_class'::regclass
+      where c.relnamespace = 'pitr_store'::regnamespace and d.refclassid = 'pg_type'::regclass
+        and d.refobjid in ('shop.level'::regtype, 'shop.small_positive'::regtype,
+          'shop.money_pair'::regtype, 'shop.level[]'::regtype)`;
+    assert.deepEqual([...depends], []);
+
+    await sql`update shop.settings set lvl = 'high', quota = 7, pair = null, lvls = null
+      where tenant_id = 's'`;
+    const status = await restore(s.snapshot_id, "s", ["shop.settings"]);
+    assert.equal(status.status, "completed", JSON.stringify(status.error));
+    assert.deepEqual(await rows("shop.settings", "s"), before);
+
+    // The application's own migrations: a stricter domain (the snapshot's 5 is no longer
+    // accepted), then a value renamed. Both succeed as they would without pitr.
+    await sql`update shop.settings set quota = 20 where tenant_id = 's' and quota is not null`;
+    await sql`alter domain shop.small_positive add constraint at_least_ten check (value >= 10)`;
+    await sql`alter type shop.level rename value 'mid' to 'medium'`;
+    const v = await validateSnapshot(sql, s.snapshot_id);
+    assert.equal(v.valid, false);
+    const bad = v.checks.filter((c) => !c.ok && c.severity === "error").map((c) => c.message);
+    assert.ok(bad.some((m) => /lvl/.test(m)), JSON.stringify(bad));
+    assert.ok(bad.some((m) => /quota/.test(m)), JSON.stringify(bad));
+    // And the type can go once the column does.
+    await sql`alter table shop.settings drop column lvl, drop column lvls`;
+    await sql`drop type shop.level`;
+  },
+);
+
+dbTest(
+  "concurrent first snapshots of a new table create its store once, without errors",
+  async () => {
+    await sql`create table shop.fresh (id int primary key, tenant_id text not null)`;
+    await sql`insert into pitr.backup_protected_tables (table_schema, table_name) values ('shop', 'fresh')`;
+    await sql`insert into shop.fresh select i, 'f' || (i % 8) from generate_series(1, 80) i`;
+    const snapshots = await Promise.all(
+      Array.from(
+        { length: 8 },
+        (_, i) => takeSnapshot(sql, { tenantId: `f${i}`, tables: ["shop.fresh"] }),
+      ),
+    );
+    assert.ok(snapshots.every((s) => s.tables[0].rows === 10));
+    const [{ n }] = await sql<{ n: string }[]>`
+    select count(*) as n from pitr.backup_stores where table_schema = 'shop' and table_name = 'fresh'`;
+    assert.equal(Number(n), 1);
+  },
+);
+
+cleanup(db);
