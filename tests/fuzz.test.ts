@@ -210,6 +210,13 @@ const v = {
   tables: mostly(goodTables, fc.oneof(fc.array(tableName, { maxLength: 4 }), anyJson)),
   strategy: mostly(fc.constantFrom("overwrite", "merge"), fc.oneof(hostileString, anyJson)),
   label: mostly(fc.string({ maxLength: 20 }), fc.oneof(hostileString, fc.constant(null), anyJson)),
+  table: mostly(
+    fc.constantFrom("users", "lessons", "public.enrollments", "crm.contacts"),
+    fc.oneof(tableName, anyJson),
+  ),
+  change: mostly(fc.constantFrom("insert", "update", "delete"), fc.oneof(hostileString, anyJson)),
+  limit: mostly(fc.integer({ min: 1, max: 1000 }), fc.oneof(fc.integer(), anyJson)),
+  cursor: fc.oneof(hostileString, fc.base64String({ maxLength: 40 }), anyJson),
 };
 type Field = keyof typeof v;
 const shaped = (required: Field[], optional: Field[]) =>
@@ -233,6 +240,10 @@ const SHAPES: Record<string, fc.Arbitrary<Record<string, unknown>>[]> = {
     shaped(["tenant_id", "at"], ["tables", "strategy"]),
   ],
   "POST pitr-drill": [shaped([], ["tenant_id"])],
+  "POST pitr-diff": [
+    shaped(["snapshot_id", "table"], ["change", "limit", "cursor"]),
+    shaped(["tenant_id", "at", "table"], ["change", "limit"]),
+  ],
   "POST pitr-execute/cancel": [shaped(["rollback_id"], [])],
 };
 /** Any subset of every field the API knows, hostile values, extra keys, not JSON at all. */
@@ -291,6 +302,7 @@ const ENDPOINTS = [
   ["POST", "pitr-execute"],
   ["GET", "pitr-status"],
   ["POST", "pitr-drill"],
+  ["POST", "pitr-diff"],
   ["POST", "pitr-execute/cancel"],
   ["DELETE", "pitr-execute"],
   ["GET", "openapi.json"],

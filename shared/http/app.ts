@@ -3,6 +3,7 @@
 import { Hono } from "hono";
 import { cors } from "hono/cors";
 import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
+import { diffPage, diffPageAt } from "../restore/diff.ts";
 import { runDrills } from "../restore/drill.ts";
 import { Unprocessable } from "../restore/errors.ts";
 import { executeRestore } from "../restore/execute.ts";
@@ -24,6 +25,7 @@ import {
 import {
   CancelBody,
   CancelQuery,
+  DiffBody,
   DrillBody,
   ExecuteBody,
   ExecuteHeaders,
@@ -49,6 +51,7 @@ export const FUNCTIONS = [
   "pitr-execute",
   "pitr-status",
   "pitr-drill",
+  "pitr-diff",
 ] as const;
 
 export interface AppDeps {
@@ -135,6 +138,17 @@ export function createApp(deps: AppDeps): Hono {
       strategy: body.strategy,
     });
     return c.json(plan);
+  });
+
+  api.post("/pitr-diff", async (c) => {
+    const body = parse(DiffBody, await readJson(c.req.raw));
+    const page = { table: body.table, change: body.change, limit: body.limit, cursor: body.cursor };
+    if (body.at !== undefined) {
+      authorize(c.var.principal, "read", body.tenant_id);
+      return c.json(await diffPageAt(sql, { ...page, tenantId: body.tenant_id, at: body.at }));
+    }
+    await snapshotFor(c.var.principal, "read", body.snapshot_id);
+    return c.json(await diffPage(sql, { ...page, snapshotId: body.snapshot_id }));
   });
 
   api.post("/pitr-execute", async (c) => {

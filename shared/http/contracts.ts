@@ -111,6 +111,17 @@ export const PlanBody = z.strictObject({
 
 export const ExecuteBody = PlanBody;
 
+export const Change = z.enum(["insert", "update", "delete"]);
+
+/** `POST pitr-diff`: one table of a snapshot (or of a moment), one page of its rows. */
+export const DiffBody = z.strictObject({
+  ...SourceFields,
+  table: z.string().min(1).max(300),
+  change: Change.optional(),
+  limit: z.number().int().min(1).max(1000).optional(),
+  cursor: Text.min(1).max(4000).optional(),
+}).superRefine(oneSource).transform(asSource);
+
 export const ExecuteQuery = z.strictObject({
   wait: z.enum(["true", "false"]).optional(),
 });
@@ -136,6 +147,7 @@ export type ValidateBody = z.output<typeof ValidateBody>;
 export type PlanBody = z.output<typeof PlanBody>;
 export type ExecuteBody = z.output<typeof ExecuteBody>;
 export type DrillBody = z.infer<typeof DrillBody>;
+export type DiffBody = z.output<typeof DiffBody>;
 
 /** Parses `input` or throws a 400 naming the offending fields (never echoing their values). */
 export function parse<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
