@@ -62,6 +62,9 @@ export async function startEmbedded(dataDir: string, port?: number): Promise<Emb
     "-p",
     String(chosen),
     ...["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
+    // As on Supabase, whose Realtime reads changes by logical decoding (tests/http_support.test.ts
+    // follows a restore's progress through it).
+    ...["-c", "wal_level=logical"],
   ]);
   // A server left running would hold the port and the data directory after this process ends.
   const orphaned = () => server.kill("SIGINT");
