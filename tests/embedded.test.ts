@@ -99,6 +99,40 @@ dbTest(
   },
 );
 
+dbTest("the server stops when the process that started it is killed with SIGKILL", async () => {
+  const folder = await Deno.makeTempDir({ prefix: "pitr-kill-" });
+  try {
+    const script = `${folder}/start.ts`;
+    await Deno.writeTextFile(
+      script,
+      `import { startEmbedded } from "${new URL("../shared/db/embedded.ts", import.meta.url)}";
+      const s = await startEmbedded("${folder}/.pitr/pg");
+      console.log(s.dataDir);`,
+    );
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--config", `${REPO}deno.json`, script],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const dataDir = (await reader.read()).value!.trim();
+    const pid = (await Deno.readTextFile(`${dataDir}/postmaster.pid`)).split("\n")[0];
+    assert.ok(!await gone(`/proc/${pid}`), "the server runs");
+    child.kill("SIGKILL");
+    await child.status;
+    await reader.cancel();
+    for (let i = 0; i < 100 && !await gone(`/proc/${pid}`); i++) {
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    assert.ok(await gone(`/proc/${pid}`), `PostgreSQL ${pid} outlived its process`);
+    const server = await startEmbedded(`${folder}/.pitr/pg`); // the folder is free again
+    await server.stop();
+    await server.remove();
+  } finally {
+    await Deno.remove(folder, { recursive: true });
+  }
+});
+
 dbTest("a cluster made for a run is deleted by remove(), its files with it", async () => {
   const server = await startEmbedded(`.pitr/test-remove-${Deno.pid}`);
   await server.stop();

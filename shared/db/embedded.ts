@@ -66,17 +66,11 @@ export async function startEmbedded(dataDir: string, port?: number): Promise<Emb
     // follows a restore's progress through it).
     ...["-c", "wal_level=logical"],
   ]);
-  // A server left running would hold the port and the data directory after this process ends.
-  const orphaned = () => server.kill("SIGINT");
-  globalThis.addEventListener("unload", orphaned);
   return {
     url: `postgres://${USER}:${PASSWORD}@127.0.0.1:${chosen}/postgres`,
     dataDir: home.dataDir,
     relocated: home.relocated,
-    stop: async () => {
-      globalThis.removeEventListener("unload", orphaned);
-      await stop(server);
-    },
+    stop: () => stop(server),
     remove: async () => {
       await Deno.remove(home.dataDir, { recursive: true }).catch(() => {});
       // A relocated cluster's folder outside the checkout goes too once no other cluster is in it.
@@ -113,7 +107,11 @@ async function initialise(home: ClusterHome) {
 /** Runs one of the binaries to completion; throws with the last line it wrote to stderr. */
 function run(home: ClusterHome, binary: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawnAs(home.owner, `${home.binDir}/${binary}`, args, "pipe");
+    const child = spawnAs(home.owner, `${home.binDir}/${binary}`, args, [
+      "ignore",
+      "ignore",
+      "pipe",
+    ]);
     const log = tail(child);
     child.on("error", reject);
     child.on(
@@ -124,30 +122,39 @@ function run(home: ClusterHome, binary: string, args: string[]): Promise<void> {
   });
 }
 
+/**
+ * The server must not outlive this process, however it ends (Ctrl-C, an uncaught error, SIGKILL):
+ * a shell starts it and sends it SIGINT (fast shutdown) once its stdin, a pipe from this process,
+ * closes, which stop() does and the kernel does when this process dies. The shell waits for the
+ * server, so its exit is the server's.
+ */
+const SUPERVISED = 'exec 3<&0; "$@" </dev/null 3<&- & pid=$!; ' +
+  "(read line <&3; kill -INT $pid 2>/dev/null) & wait $pid";
+
 /** Starts the server and resolves once it accepts connections. */
 function start(home: ClusterHome, args: string[]): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
     const child = spawnAs(
       home.owner,
-      `${home.binDir}/postgres`,
-      ["-D", home.dataDir, ...args],
-      "pipe",
+      "/bin/sh",
+      ["-c", SUPERVISED, "sh", `${home.binDir}/postgres`, "-D", home.dataDir, ...args],
+      ["pipe", "ignore", "pipe"],
     );
     const log = tail(child, (line) => {
       if (line.includes("database system is ready to accept connections")) resolve(child);
     });
     child.on("error", reject);
-    child.on(
-      "exit",
-      (code) => reject(new Error(`PostgreSQL did not start: ${log() || `exit ${code}`}`)),
-    );
+    child.on("exit", (code) => {
+      child.stdin?.end(); // the watcher of a server that never started
+      reject(new Error(`PostgreSQL did not start: ${log() || `exit ${code}`}`));
+    });
   });
 }
 
 async function stop(child: ChildProcess) {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((ok) => child.once("exit", ok));
-  child.kill("SIGINT"); // fast shutdown: sessions are ended, nothing waits for clients
+  child.stdin!.end(); // the shell's cue to stop the server
   await exited;
 }
 

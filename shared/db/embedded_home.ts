@@ -1,7 +1,7 @@
 // Where the embedded PostgreSQL's binaries and data live, and as which user it runs: as root, a
 // dedicated `postgres` user (initdb refuses root), which must be able to reach both. It must never
 // loosen the permissions of a folder it did not create, nor use one that someone else owns.
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, type StdioOptions } from "node:child_process";
 import { arch, platform } from "node:os";
 
 export interface Owner {
@@ -116,7 +116,7 @@ function canReach(owner: Owner, paths: string[]): Promise<boolean> {
       owner,
       "/bin/sh",
       ["-c", 'for p in "$@"; do test -x "$p" || exit 1; done', "sh", ...paths],
-      "ignore",
+      ["ignore", "ignore", "ignore"],
     );
     child.on("error", () => resolve(false));
     child.on("exit", (code) => resolve(code === 0));
@@ -131,14 +131,14 @@ export function spawnAs(
   owner: Owner | undefined,
   program: string,
   args: string[],
-  stderr: "ignore" | "pipe",
+  stdio: StdioOptions,
 ): ChildProcess {
   return spawn(program, args, {
     ...owner,
     cwd: "/",
     // Server messages in English: readiness is read from the log.
     env: { ...Deno.env.toObject(), LC_MESSAGES: "C" },
-    stdio: ["ignore", "ignore", stderr],
+    stdio,
   });
 }
 
