@@ -185,6 +185,39 @@ dbTest(
 );
 
 dbTest(
+  "the OpenAPI document describes the list form of pitr-status and the new error codes",
+  async () => {
+    // deno-lint-ignore no-explicit-any
+    const doc = (await call("GET", "openapi.json", { bearer: null })).body as any;
+    assert.deepEqual(doc, openapi);
+    const status = doc.paths["/functions/v1/pitr-status"].get;
+    assert.deepEqual(
+      status.parameters.map((p: { name: string; required: boolean }) => [p.name, p.required]),
+      [["rollback_id", false], ["tenant_id", false], ["limit", false]],
+    );
+    const forms = status.responses["200"].content["application/json"].schema.oneOf
+      .map((s: { $ref: string }) => s.$ref);
+    assert.deepEqual(forms, ["#/components/schemas/Status", "#/components/schemas/RestoreList"]);
+    const item = doc.components.schemas.RestoreList.properties.restores.items;
+    assert.deepEqual([...item.required].sort(), SUMMARY_KEYS);
+    assert.deepEqual(Object.keys(item.properties).sort(), SUMMARY_KEYS);
+    // Every key of a real list answer is in the contract, and nothing else.
+    const list = await call("GET", "pitr-status?tenant_id=901");
+    for (const r of list.body.restores) assert.deepEqual(Object.keys(r).sort(), SUMMARY_KEYS);
+    assert.ok(doc.components.schemas.Error.properties.error.properties.rollback_id);
+    const snapshot = doc.paths["/functions/v1/pitr-snapshot"].post;
+    assert.match(snapshot.responses["422"].description, /tenant_empty/);
+    assert.ok(doc.components.schemas.SnapshotRequest.properties.allow_empty);
+    assert.match(
+      doc.paths["/functions/v1/pitr-execute"].post.responses["409"].description,
+      /restore_in_progress; `error.rollback_id`/,
+    );
+    assert.match(doc.info.description, /405 method_not_allowed with an Allow header/);
+    assert.match(doc.info.description, /tenant_id is required/);
+  },
+);
+
+dbTest(
   "a lost 202: the list finds the running restore, a second execute's 409 names it, cancel stops it",
   async () => {
     const snap = await snapshot("901");
