@@ -1,14 +1,14 @@
-// The embedded PostgreSQL where people start it: as root from a checkout in a folder no other user
-// may enter (a 0700 home, a `mktemp -d` folder), a second `deno task start` beside a first, and
-// every cluster a run makes deleted by it. It must never leave a cluster or a folder behind.
+// The embedded PostgreSQL as root from a 0700 folder, beside a second start, and after SIGKILL.
+// A test here must never leave a cluster, a process or a folder behind.
 import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
 import { connect } from "../shared/db/client.ts";
 import { DataDirInUse, startEmbedded } from "../shared/db/embedded.ts";
 import { cleanup, dbTest, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("embedded");
 const root = Deno.uid() === 0;
-const REPO = new URL("..", import.meta.url).pathname;
+const REPO = fileURLToPath(new URL("..", import.meta.url));
 
 async function gone(path: string): Promise<boolean> {
   return await Deno.lstat(path).then(() => false, () => true);

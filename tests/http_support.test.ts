@@ -1,7 +1,5 @@
-// What support staff need on the day, over a real socket (fetch and supabase-js): a tenant's
-// restores listed to find one whose 202 answer was lost, the 409 that names the restore in
-// progress, 405 with Allow, missing fields named, tenant_empty, one log line per request, and a
-// restore's progress streamed through the supabase_realtime publication under RLS.
+// What support staff need on the day, over a real socket (fetch and supabase-js): lists, 409 ids,
+// 405, required fields, tenant_empty, the request log, streamed progress. Asserts on rows.
 import assert from "node:assert/strict";
 import { createClient, FunctionsHttpError } from "@supabase/supabase-js";
 import { createApp } from "../shared/http/app.ts";

