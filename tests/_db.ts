@@ -40,10 +40,14 @@ export async function emptyDatabase(label: string): Promise<TestDb> {
 
 let failures = 0;
 
-/** Deno.test with the database's resources allowed to outlive a test, and failures counted. */
-export function dbTest(name: string, fn: () => Promise<void>) {
+/**
+ * Deno.test with the database's resources allowed to outlive a test, and failures counted;
+ * `ignore` for a test the server cannot run (it is reported as ignored, never as passed).
+ */
+export function dbTest(name: string, fn: () => Promise<void>, options: { ignore?: boolean } = {}) {
   Deno.test({
     name,
+    ignore: options.ignore,
     sanitizeOps: false,
     sanitizeResources: false,
     fn: async () => {

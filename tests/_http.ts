@@ -20,15 +20,20 @@ export function userToken(tenant: string, pitr_role?: string): Promise<string> {
   });
 }
 
-/** Serves the app on a free port; `background` holds the restores that 202 answers started. */
+/**
+ * Serves the app on a free port; `background` holds the restores that 202 answers started, `log`
+ * the server's request log lines (kept, not printed).
+ */
 export function serveTestApp(sql: Sql, options: { swallowBackground?: boolean } = {}) {
   const background: Promise<unknown>[] = [];
+  const log: string[] = [];
   const app = createApp({
     sql,
     auth: { jwtSecret: TEST_SECRET },
     runInBackground: (work) =>
       background.push(options.swallowBackground ? work.catch(() => {}) : work),
+    log: (line) => log.push(line),
   });
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, app.fetch);
-  return { server, background, origin: `http://127.0.0.1:${server.addr.port}` };
+  return { server, background, log, origin: `http://127.0.0.1:${server.addr.port}` };
 }

@@ -196,6 +196,7 @@ dbTest(
 dbTest(
   "a database restarted between snapshot and restore: the restore completes exactly",
   async () => {
+    // A cluster of its own, deleted at the end whatever happens.
     const server = await startEmbedded(".pitr/test-restart-pg");
     const url = new URL(server.url);
     const port = Number(url.port);
@@ -233,10 +234,12 @@ dbTest(
       } finally {
         await own.end();
         await again.stop();
+        await again.remove();
       }
     } catch (e) {
       await own.end().catch(() => {});
       await server.stop().catch(() => {});
+      await server.remove();
       throw e;
     }
   },

@@ -215,8 +215,10 @@ const v = {
     fc.oneof(tableName, anyJson),
   ),
   change: mostly(fc.constantFrom("insert", "update", "delete"), fc.oneof(hostileString, anyJson)),
-  limit: mostly(fc.integer({ min: 1, max: 1000 }), fc.oneof(fc.integer(), anyJson)),
   cursor: fc.oneof(hostileString, fc.base64String({ maxLength: 40 }), anyJson),
+  allow_empty: mostly(fc.boolean(), anyJson),
+  // Valid for the status list (1-100) and for a diff page (1-1000) alike.
+  limit: mostly(fc.integer({ min: 1, max: 100 }), fc.oneof(fc.integer(), hostileString, anyJson)),
 };
 type Field = keyof typeof v;
 const shaped = (required: Field[], optional: Field[]) =>
@@ -226,7 +228,7 @@ const shaped = (required: Field[], optional: Field[]) =>
   );
 /** The body forms each endpoint takes, with values mostly accepted. */
 const SHAPES: Record<string, fc.Arbitrary<Record<string, unknown>>[]> = {
-  "POST pitr-snapshot": [shaped(["tenant_id"], ["tables", "label"])],
+  "POST pitr-snapshot": [shaped(["tenant_id"], ["tables", "label", "allow_empty"])],
   "POST pitr-validate": [
     shaped(["snapshot_id"], ["tables"]),
     shaped(["tenant_id", "at"], ["tables"]),
@@ -269,7 +271,12 @@ const bodyFor = (key: string) =>
 /** The query each GET or DELETE takes, or a random one. */
 const QUERIES: Record<string, fc.Arbitrary<Record<string, string>>> = {
   "GET pitr-snapshot": fc.record({ tenant_id: v.tenant_id.map(String) }),
-  "GET pitr-status": fc.record({ rollback_id: v.rollback_id.map(String) }),
+  "GET pitr-status": fc.oneof(
+    fc.record({ rollback_id: v.rollback_id.map(String) }),
+    fc.record({ tenant_id: v.tenant_id.map(String), limit: v.limit.map(String) }, {
+      requiredKeys: ["tenant_id"],
+    }),
+  ),
   "DELETE pitr-execute": fc.record({ rollback_id: v.rollback_id.map(String) }),
   "POST pitr-execute": fc.record({ wait: fc.constantFrom("true", "false") }, { requiredKeys: [] }),
 };
@@ -278,6 +285,7 @@ const hostileQuery = fc.oneof(
     tenant_id: tenantId.map(String),
     rollback_id: uuidish(rollbackIds).map(String),
     wait: fc.constantFrom("true", "false", "yes", ""),
+    limit: v.limit.map(String),
     forceFunctionRegion: fc.constant("eu-west-1"),
   }, { requiredKeys: [] }).map((q) => new URLSearchParams(q).toString()),
   fc.array(fc.tuple(hostileString, hostileString), { maxLength: 3 })
@@ -406,10 +414,11 @@ function problems(value: unknown, schema: Schema, at = "$"): string[] {
   return out;
 }
 
+// A 409 restore_in_progress also names the restore in progress.
 const isErrorShape = (b: unknown) => {
   const e = (b as { error?: Record<string, unknown> })?.error;
-  return !!e && Object.keys(b as object).length === 1 &&
-    Object.keys(e).sort().join() === "code,message" &&
+  const keys = e?.code === "restore_in_progress" ? "code,message,rollback_id" : "code,message";
+  return !!e && Object.keys(b as object).length === 1 && Object.keys(e).sort().join() === keys &&
     typeof e.code === "string" && e.code.length > 0 && typeof e.message === "string";
 };
 

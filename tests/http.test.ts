@@ -44,6 +44,7 @@ const app = createApp({
   sql,
   auth: { jwtSecret: SECRET, jwks },
   runInBackground: (work) => background.push(work),
+  log: () => {}, // the request log has its own tests (http_support.test.ts)
 });
 const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, app.fetch);
 const base = `http://127.0.0.1:${server.addr.port}`;

@@ -198,8 +198,10 @@ dbTest(
     });
     assert.equal(noToken.status, 401);
     assert.equal((await noToken.json()).error.code, "missing_token");
+    // A known path with a method it does not take (tests/http_support.test.ts has the rest).
     const get = await call("GET", "pitr-execute/cancel");
-    assert.equal(get.status, 404);
+    assert.equal(get.status, 405);
+    assert.equal(get.body.error.code, "method_not_allowed");
 
     assert.equal((await call("GET", `pitr-status?rollback_id=${id}`)).body.status, "pending");
     const done = await call("POST", "pitr-execute/cancel", { rollback_id: id });

@@ -3,7 +3,7 @@
 // runs: the development secret below is public.
 import { SignJWT } from "jose";
 import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
-import { startEmbedded } from "../db/embedded.ts";
+import { DataDirInUse, EmbeddedUnavailable, startEmbedded } from "../db/embedded.ts";
 import { migrate } from "../db/migrate.ts";
 import { applySupabaseDefaults } from "../db/supabase_defaults.ts";
 import { transactionPoolerError, transactionPoolerReason } from "../http/pooler.ts";
@@ -35,14 +35,24 @@ async function loadDemoOnce(sql: Sql): Promise<boolean> {
   return true;
 }
 
-const configured = configuredDatabaseUrl();
-if (configured && transactionPoolerReason(configured)) {
-  console.error(
-    `pitr start: ${transactionPoolerError(transactionPoolerReason(configured)!).message}`,
-  );
+/** Ends the start with one line saying why, never a stack trace. */
+function fail(message: string): never {
+  console.error(`pitr start: ${message}`);
   Deno.exit(1);
 }
-const embedded = configured ? undefined : await startEmbedded(".pitr/pg", 54322);
+
+const configured = configuredDatabaseUrl();
+if (configured && transactionPoolerReason(configured)) {
+  fail(transactionPoolerError(transactionPoolerReason(configured)!).message);
+}
+const port = Number(Deno.env.get("PORT") ?? DEFAULT_PORT);
+const embedded = configured ? undefined : await startEmbedded(".pitr/pg", 54322).catch((e) => {
+  if (e instanceof DataDirInUse) {
+    fail(`already running: ${e.message}; stop the other \`deno task start\` (Ctrl-C) first`);
+  }
+  if (e instanceof EmbeddedUnavailable) fail(e.message);
+  fail(`the embedded PostgreSQL did not start: ${(e as Error).message}`);
+});
 const url = configured ?? embedded!.url;
 const sql = connect(url, { max: 10 });
 // The embedded database is set up as a new Supabase project is, so it exposes what one would.
@@ -52,15 +62,26 @@ const demo = embedded ? await loadDemoOnce(sql) : false;
 
 const secret = Deno.env.get("SUPABASE_JWT_SECRET") || DEV_JWT_SECRET;
 const auth = { ...authConfigFromEnv(), jwtSecret: secret };
-const port = Number(Deno.env.get("PORT") ?? DEFAULT_PORT);
-const server = serveApp({ sql, auth, port });
+let server: Deno.HttpServer<Deno.NetAddr>;
+try {
+  server = serveApp({ sql, auth, port });
+} catch (e) {
+  await sql.end({ timeout: 5 });
+  await embedded?.stop();
+  if (!(e instanceof Deno.errors.AddrInUse)) throw e;
+  fail(
+    `port ${port} is in use (another \`deno task start\`?): stop it, or set PORT to another port`,
+  );
+}
 const token = await mintToken(secret, { role: "service_role" });
 const base = `http://127.0.0.1:${server.addr.port}/functions/v1`;
 
 console.log(`pitr is running
   database   ${
   embedded
-    ? `embedded PostgreSQL 17 at ${url} (files in .pitr/pg)`
+    ? `embedded PostgreSQL 17 at ${url} (files in ${
+      embedded.relocated ? embedded.dataDir : ".pitr/pg"
+    })`
     : "from SUPABASE_DB_URL / DATABASE_URL"
 }
   migrations ${applied.length ? `applied ${applied.join(", ")}` : "up to date"}${

@@ -1,13 +1,19 @@
 // The hono app: every function at /functions/v1/<name> (and at /<name>, the path a function sees
 // on Supabase). Handlers only parse, authorize and call the engine; they must never build SQL.
-import { Hono } from "hono";
+import { type Context, Hono } from "hono";
 import { cors } from "hono/cors";
 import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
 import { diffPage, diffPageAt } from "../restore/diff.ts";
 import { runDrills } from "../restore/drill.ts";
 import { Unprocessable } from "../restore/errors.ts";
 import { executeRestore } from "../restore/execute.ts";
-import { cancelRestore, createRestore, getStatus, type RestoreStatus } from "../restore/history.ts";
+import {
+  cancelRestore,
+  createRestore,
+  getStatus,
+  listRestores,
+  type RestoreStatus,
+} from "../restore/history.ts";
 import { normaliseTableName, pickTables } from "../restore/catalog.ts";
 import { planRestore } from "../restore/plan.ts";
 import { planAt, snapshotAt, validateAt } from "../restore/point_in_time.ts";
@@ -40,7 +46,7 @@ import {
   StatusQuery,
   ValidateBody,
 } from "./contracts.ts";
-import { Forbidden, onError, Unavailable } from "./errors.ts";
+import { Forbidden, MethodNotAllowed, onError, Unavailable } from "./errors.ts";
 import { transactionPoolerError, transactionPoolerReason } from "./pooler.ts";
 import openapi from "./openapi.json" with { type: "json" };
 
@@ -54,14 +60,37 @@ export const FUNCTIONS = [
   "pitr-diff",
 ] as const;
 
+/** The methods each path takes; any other is 405 with `Allow` (CORS preflights aside). */
+const METHODS: Record<string, string[]> = {
+  "/openapi.json": ["GET"],
+  "/pitr-snapshot": ["GET", "POST"],
+  "/pitr-validate": ["POST"],
+  "/pitr-plan": ["POST"],
+  "/pitr-execute": ["POST", "DELETE"],
+  "/pitr-execute/cancel": ["POST"],
+  "/pitr-status": ["GET"],
+  "/pitr-drill": ["POST"],
+  "/pitr-diff": ["POST"],
+};
+
 export interface AppDeps {
   sql: Sql;
   auth: AuthConfig;
   /** Keeps a restore running after the 202 answer; in-process by default. */
   runInBackground?: (work: Promise<unknown>) => void;
+  /** Where the one line per request goes; stdout by default. */
+  log?: (line: string) => void;
 }
 
 type Env = { Variables: { principal: Principal } };
+
+/** The ids a request's log line names: only ids read back from the database, never input. */
+type Ids = { rollback_id?: string; snapshot_id?: string };
+const noted = new WeakMap<Request, Ids>();
+
+function note(c: Context, ids: Ids) {
+  noted.set(c.req.raw, { ...noted.get(c.req.raw), ...ids });
+}
 
 export function createApp(deps: AppDeps): Hono {
   const { sql } = deps;
@@ -76,6 +105,16 @@ export function createApp(deps: AppDeps): Hono {
       allowMethods: ["GET", "POST", "DELETE", "OPTIONS"],
     }),
   );
+  for (const [path, methods] of Object.entries(METHODS)) {
+    // Before authentication: which methods a path takes is public (the OpenAPI document).
+    api.use(path, async (c, next) => {
+      const m = c.req.method;
+      if (m !== "OPTIONS" && !methods.includes(m) && !(m === "HEAD" && methods.includes("GET"))) {
+        throw new MethodNotAllowed(path.slice(1), m.slice(0, 20), methods);
+      }
+      await next();
+    });
+  }
   api.get("/openapi.json", (c) => c.json(openapi));
   for (const path of [...FUNCTIONS.map((name) => `/${name}`), "/pitr-execute/cancel"]) {
     api.use(path, async (c, next) => {
@@ -92,7 +131,9 @@ export function createApp(deps: AppDeps): Hono {
       tables: body.tables,
       label: body.label,
       createdBy: c.var.principal.sub ?? c.var.principal.role,
+      allowEmpty: body.allow_empty,
     });
+    note(c, { snapshot_id: s.snapshot_id });
     return c.json(snapshotAnswer(s), 201);
   });
 
@@ -113,7 +154,7 @@ export function createApp(deps: AppDeps): Hono {
       });
       return c.json({ snapshot_id: null, tenant_id: body.tenant_id, at: body.at, ...v });
     }
-    const s = await snapshotFor(c.var.principal, "read", body.snapshot_id);
+    const s = await snapshotFor(c, "read", body.snapshot_id);
     const only = body.tables && pickTables(s.tables, body.tables, "a table of this snapshot");
     return c.json(await validateSnapshot(sql, s.snapshot_id, only));
   });
@@ -131,7 +172,7 @@ export function createApp(deps: AppDeps): Hono {
       });
       return c.json({ ...plan, snapshot_id: null });
     }
-    await snapshotFor(c.var.principal, "read", body.snapshot_id);
+    await snapshotFor(c, "read", body.snapshot_id);
     const { steps: _s, foreignKeys: _f, ...plan } = await planRestore(sql, {
       snapshotId: body.snapshot_id,
       tables: body.tables,
@@ -147,7 +188,7 @@ export function createApp(deps: AppDeps): Hono {
       authorize(c.var.principal, "read", body.tenant_id);
       return c.json(await diffPageAt(sql, { ...page, tenantId: body.tenant_id, at: body.at }));
     }
-    await snapshotFor(c.var.principal, "read", body.snapshot_id);
+    await snapshotFor(c, "read", body.snapshot_id);
     return c.json(await diffPage(sql, { ...page, snapshotId: body.snapshot_id }));
   });
 
@@ -163,8 +204,9 @@ export function createApp(deps: AppDeps): Hono {
       // The state at `at`, kept as a snapshot of kind point_in_time; from here on the restore
       // is a snapshot restore like any other.
       s = await snapshotAt(sql, { tenantId: body.tenant_id, at: body.at, tables: body.tables });
+      note(c, { snapshot_id: s.snapshot_id });
     } else {
-      s = await snapshotFor(c.var.principal, "write", body.snapshot_id);
+      s = await snapshotFor(c, "write", body.snapshot_id);
     }
     const { id, reused } = await startRestore(
       sql,
@@ -173,6 +215,7 @@ export function createApp(deps: AppDeps): Hono {
       body,
       key,
     );
+    note(c, { rollback_id: id });
     const run = reused ? Promise.resolve() : executeRestore(sql, id).then(() => {});
     if (wait) {
       await run;
@@ -186,18 +229,23 @@ export function createApp(deps: AppDeps): Hono {
   // Cancel: a pending restore is cancelled at once, a running one is interrupted and rolls back.
   api.post("/pitr-execute/cancel", async (c) => {
     const body = parse(CancelBody, await readJson(c.req.raw));
-    return c.json(await cancel(c.var.principal, body.rollback_id));
+    return c.json(await cancel(c, body.rollback_id));
   });
 
   api.delete("/pitr-execute", async (c) => {
     const q = parse(CancelQuery, queryOf(c.req.url));
-    return c.json(await cancel(c.var.principal, q.rollback_id));
+    return c.json(await cancel(c, q.rollback_id));
   });
 
   api.get("/pitr-status", async (c) => {
     const q = parse(StatusQuery, queryOf(c.req.url));
-    const status = await getStatus(sql, q.rollback_id);
+    if (q.tenant_id !== undefined) {
+      authorize(c.var.principal, "read", q.tenant_id);
+      return c.json({ restores: await listRestores(sql, q.tenant_id, q.limit ?? 20) });
+    }
+    const status = await getStatus(sql, q.rollback_id!);
     authorize(c.var.principal, "read", status.tenant_id);
+    note(c, { rollback_id: status.rollback_id });
     return c.json(status);
   });
 
@@ -215,6 +263,12 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   const app = new Hono();
+  const log = deps.log ?? console.log;
+  app.use("*", async (c, next) => {
+    const started = performance.now();
+    await next();
+    log(requestLine(c, performance.now() - started));
+  });
   app.onError(onError);
   app.notFound((c) =>
     c.json({ error: { code: "not_found", message: `no function at ${c.req.path}` } }, 404)
@@ -222,20 +276,32 @@ export function createApp(deps: AppDeps): Hono {
   app.route("/functions/v1", api);
   app.route("/", api);
 
-  async function snapshotFor(p: Principal, action: "read" | "write", snapshotId: string) {
-    requireAction(p, action);
+  async function snapshotFor(c: Context<Env>, action: "read" | "write", snapshotId: string) {
+    requireAction(c.var.principal, action);
     const s = await getSnapshot(sql, snapshotId);
-    requireTenant(p, s.tenant_id);
+    requireTenant(c.var.principal, s.tenant_id);
+    note(c, { snapshot_id: s.snapshot_id });
     return s;
   }
 
-  async function cancel(p: Principal, rollbackId: string) {
-    requireAction(p, "write");
+  async function cancel(c: Context<Env>, rollbackId: string) {
+    requireAction(c.var.principal, "write");
     const current = await getStatus(sql, rollbackId);
-    requireTenant(p, current.tenant_id);
+    requireTenant(c.var.principal, current.tenant_id);
+    note(c, { rollback_id: current.rollback_id });
     return await cancelRestore(sql, rollbackId);
   }
   return app;
+}
+
+/**
+ * `POST /functions/v1/pitr-execute 202 12ms rollback_id=…`: method, path (never the query), status,
+ * milliseconds and the ids the handler noted; never a header, a token, a body or a row.
+ */
+function requestLine(c: Context, ms: number): string {
+  const ids = Object.entries(noted.get(c.req.raw) ?? {}).map(([k, v]) => ` ${k}=${v}`).join("");
+  const path = new URL(c.req.url).pathname.slice(0, 200);
+  return `${c.req.method} ${path} ${c.res.status} ${Math.round(ms)}ms${ids}`;
 }
 
 function authorize(p: Principal, action: "read" | "write", tenantId: string) {

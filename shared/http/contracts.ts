@@ -26,6 +26,8 @@ export const SnapshotCreate = z.strictObject({
   tenant_id: TenantId,
   tables: TableList.optional(),
   label: Text.max(500).nullable().optional(),
+  /** Keep a snapshot of a tenant without rows: without it, that is 422 tenant_empty. */
+  allow_empty: z.boolean().optional(),
 });
 
 export const SnapshotList = z.strictObject({ tenant_id: TenantId });
@@ -134,7 +136,28 @@ export const ExecuteHeaders = z.object({
   "idempotency-key": z.string().max(255).optional(),
 });
 
-export const StatusQuery = z.strictObject({ rollback_id: Id });
+/** A query's positive whole number up to `max`, written in digits. */
+const Count = (max: number) =>
+  z.string().regex(/^[0-9]{1,6}$/, "must be a whole number").transform(Number)
+    .pipe(z.number().int().min(1).max(max));
+
+/**
+ * `?rollback_id=` (one restore's status), or `?tenant_id=&limit=` (the tenant's restores, newest
+ * first: how someone who lost a 202 answer finds the running one).
+ */
+export const StatusQuery = z.strictObject({
+  rollback_id: Id.optional(),
+  tenant_id: TenantId.optional(),
+  limit: Count(100).optional(),
+}).superRefine((q, ctx) => {
+  if (q.rollback_id !== undefined && q.tenant_id !== undefined) {
+    ctx.addIssue({ code: "custom", path: [], message: "give rollback_id or tenant_id, not both" });
+  } else if (q.rollback_id === undefined && q.tenant_id === undefined) {
+    ctx.addIssue({ code: "custom", path: [], message: "rollback_id or tenant_id is required" });
+  } else if (q.limit !== undefined && q.tenant_id === undefined) {
+    ctx.addIssue({ code: "custom", path: ["limit"], message: "only with tenant_id" });
+  }
+});
 
 /** `POST pitr-execute/cancel {rollback_id}`, or `DELETE pitr-execute?rollback_id=`. */
 export const CancelBody = z.strictObject({ rollback_id: Id });
@@ -149,12 +172,20 @@ export type ExecuteBody = z.output<typeof ExecuteBody>;
 export type DrillBody = z.infer<typeof DrillBody>;
 export type DiffBody = z.output<typeof DiffBody>;
 
-/** Parses `input` or throws a 400 naming the offending fields (never echoing their values). */
+const REQUIRED = "\u0000required"; // no message of zod's or ours can be this
+
+/**
+ * Parses `input` or throws a 400 naming the offending fields (never echoing their values); a
+ * missing field is "<name> is required".
+ */
 export function parse<S extends z.ZodType>(schema: S, input: unknown): z.output<S> {
-  const result = schema.safeParse(input);
+  const result = schema.safeParse(input, {
+    error: (issue) => issue.input === undefined ? REQUIRED : undefined,
+  });
   if (result.success) return result.data;
   const problems = result.error.issues.map((i) => {
     const where = i.path.length ? i.path.join(".") : "body";
+    if (i.message === REQUIRED) return `${where} is required`;
     if (i.code === "unrecognized_keys") {
       return `${where}: unknown field${i.keys.length > 1 ? "s" : ""} ${i.keys.join(", ")}`;
     }

@@ -3,6 +3,7 @@
 import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { PG, PitrError, sqlState } from "../restore/errors.ts";
+import { RestoreInProgress } from "../restore/history.ts";
 
 /** No token, or one that is expired, forged, unsigned or unreadable. */
 export class Unauthorized extends PitrError {
@@ -25,12 +26,26 @@ export class Unavailable extends PitrError {
   }
 }
 
-export function errorBody(code: string, message: string) {
-  return { error: { code, message } };
+/** A known function called with a method it does not take; `Allow` lists those it takes. */
+export class MethodNotAllowed extends PitrError {
+  constructor(fn: string, method: string, readonly allow: string[]) {
+    super("method_not_allowed", `${fn} takes ${allow.join(" or ")}, not ${method}`, 405);
+  }
+}
+
+export function errorBody(code: string, message: string, more: Record<string, string> = {}) {
+  return { error: { code, message, ...more } };
 }
 
 /** hono's onError: PitrError keeps its status and code; anything else is a logged 500. */
 export function onError(err: Error, c: Context): Response {
+  if (err instanceof MethodNotAllowed) {
+    c.header("Allow", err.allow.join(", "));
+  }
+  if (err instanceof RestoreInProgress) {
+    // The restore to follow or cancel: the one thing the caller needs next.
+    return c.json(errorBody(err.code, err.message, { rollback_id: err.rollbackId }), 409);
+  }
   if (err instanceof PitrError && err.status < 500) {
     return c.json(errorBody(err.code, err.message), err.status as 400);
   }

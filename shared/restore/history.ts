@@ -70,11 +70,64 @@ export async function createRestore(
     if (sqlState(e) !== PG.UNIQUE_VIOLATION) throw e;
     const constraint = (e as { constraint_name?: string }).constraint_name;
     if (constraint === "backup_pitr_idempotency") return await createRestore(sql, r);
-    throw new Conflict(
+    const [active] = await sql<{ id: string }[]>`
+      select id from public.backup_pitr_rollback_history
+      where tenant_id = ${r.tenantId} and status in ('pending', 'running')`;
+    // It finished between the insert and this read: the tenant is free again.
+    if (!active) return await createRestore(sql, r);
+    throw new RestoreInProgress(r.tenantId, active.id);
+  }
+}
+
+/** 409: the tenant's restore that is pending or running, named so that it can be followed. */
+export class RestoreInProgress extends Conflict {
+  constructor(tenantId: string, readonly rollbackId: string) {
+    super(
       "restore_in_progress",
-      `a restore of tenant ${r.tenantId} is already pending or running`,
+      `a restore of tenant ${tenantId} is already pending or running (${rollbackId})`,
     );
   }
+}
+
+export interface RestoreSummary {
+  rollback_id: string;
+  snapshot_id: string;
+  strategy: Strategy;
+  status: RestoreStatus["status"];
+  started_at: string | null;
+  completed_at: string | null;
+  rows_total: number | null;
+}
+
+/** A tenant's restores, newest first; abandoned runs are recorded as such before they are read. */
+export async function listRestores(
+  sql: Sql,
+  tenantId: string,
+  limit: number,
+): Promise<RestoreSummary[]> {
+  await reapAbandoned(sql, tenantId);
+  const rows = await sql<
+    {
+      id: string;
+      snapshot_id: string;
+      strategy: Strategy;
+      status: RestoreStatus["status"];
+      started_at: Date | null;
+      completed_at: Date | null;
+      rows_total: string | null;
+    }[]
+  >`select id, snapshot_id, strategy, status, started_at, completed_at, rows_total
+    from public.backup_pitr_rollback_history where tenant_id = ${tenantId}
+    order by created_at desc, id limit ${limit}`;
+  return rows.map((r) => ({
+    rollback_id: r.id,
+    snapshot_id: r.snapshot_id,
+    strategy: r.strategy,
+    status: r.status,
+    started_at: r.started_at?.toISOString() ?? null,
+    completed_at: r.completed_at?.toISOString() ?? null,
+    rows_total: r.rows_total === null ? null : Number(r.rows_total),
+  }));
 }
 
 export interface Step {

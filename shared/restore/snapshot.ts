@@ -4,7 +4,7 @@ import type { Db, Sql } from "../db/client.ts";
 import { transaction } from "../db/transaction.ts";
 import { lockTenant } from "./lock.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
-import { NotFound } from "./errors.ts";
+import { NotFound, Unprocessable } from "./errors.ts";
 
 export interface SnapshotRequest {
   tenantId: string;
@@ -12,6 +12,8 @@ export interface SnapshotRequest {
   label?: string | null;
   kind?: "manual" | "undo";
   createdBy?: string | null;
+  /** Keep a snapshot without rows; without it, takeSnapshot refuses one (422 tenant_empty). */
+  allowEmpty?: boolean;
 }
 
 export interface SnapshotTable {
@@ -35,9 +37,23 @@ export interface Snapshot {
   tables: SnapshotTable[];
 }
 
-/** Snapshot in its own REPEATABLE READ transaction: one consistent read across tables. */
+/**
+ * Snapshot in its own REPEATABLE READ transaction: one consistent read across tables. A snapshot
+ * with no row at all is most often a mistyped tenant id; it is rolled back unless `allowEmpty`.
+ */
 export function takeSnapshot(sql: Sql, request: SnapshotRequest): Promise<Snapshot> {
-  return transaction(sql, (tx) => snapshotIn(tx, request), {
+  return transaction(sql, async (tx) => {
+    const s = await snapshotIn(tx, request);
+    if (s.total_rows === 0 && !request.allowEmpty) {
+      throw new Unprocessable(
+        "tenant_empty",
+        `tenant ${request.tenantId} has no row in ${
+          request.tables ? "the tables given" : "any protected table"
+        }: a mistyped tenant_id? Send allow_empty: true to keep an empty snapshot`,
+      );
+    }
+    return s;
+  }, {
     isolation: "repeatable read",
     before: (session) => lockTenantForSnapshot(session, request.tenantId),
   });
