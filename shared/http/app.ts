@@ -15,7 +15,8 @@ import {
   type RestoreStatus,
 } from "../restore/history.ts";
 import { normaliseTableName, pickTables } from "../restore/catalog.ts";
-import { planRestore } from "../restore/plan.ts";
+import { type PlanRequest, planRestore } from "../restore/plan.ts";
+import { inRolledBackTransaction } from "../restore/select.ts";
 import { planAt, snapshotAt, validateAt } from "../restore/point_in_time.ts";
 import { getSnapshot, listSnapshots, type Snapshot, takeSnapshot } from "../restore/snapshot.ts";
 import { firstError, validateSnapshot } from "../restore/validate.ts";
@@ -161,22 +162,26 @@ export function createApp(deps: AppDeps): Hono {
 
   api.post("/pitr-plan", async (c) => {
     const body = parse(PlanBody, await readJson(c.req.raw));
+    const request = {
+      tables: body.tables,
+      strategy: body.strategy,
+      selection: body.select,
+      withDependencies: body.with_dependencies,
+    };
     if (body.at !== undefined) {
       authorize(c.var.principal, "read", body.tenant_id);
       // The plan is made against a state built and rolled back inside planAt: no snapshot is kept.
       const { steps: _s, foreignKeys: _f, ...plan } = await planAt(sql, {
+        ...request,
         tenantId: body.tenant_id,
         at: body.at,
-        tables: body.tables,
-        strategy: body.strategy,
       });
       return c.json({ ...plan, snapshot_id: null });
     }
     await snapshotFor(c, "read", body.snapshot_id);
-    const { steps: _s, foreignKeys: _f, ...plan } = await planRestore(sql, {
+    const { steps: _s, foreignKeys: _f, ...plan } = await planInTransaction(sql, {
+      ...request,
       snapshotId: body.snapshot_id,
-      tables: body.tables,
-      strategy: body.strategy,
     });
     return c.json(plan);
   });
@@ -342,16 +347,47 @@ async function startRestore(
   }
   const tables = body.tables?.map(normaliseTableName);
   const strategy = body.strategy ?? "overwrite";
+  const selection = body.select;
+  if (selection) {
+    // A choice that names no row, or would break a key, is answered now (400, 422), not after
+    // the restore was recorded.
+    await planInTransaction(sql, {
+      snapshotId: s.snapshot_id,
+      strategy,
+      selection,
+      withDependencies: body.with_dependencies,
+    });
+  }
   return await createRestore(sql, {
     snapshotId: s.snapshot_id,
     tenantId: s.tenant_id,
     tables,
     strategy,
+    selection,
+    withDependencies: body.with_dependencies,
     idempotencyKey: idempotencyKey || undefined,
     // A point-in-time request is the same request whatever snapshot it built this time.
-    requestHash: await sha256(JSON.stringify([...sourceKey(body), tables ?? null, strategy])),
+    requestHash: await sha256(
+      JSON.stringify([
+        ...sourceKey(body),
+        tables ?? null,
+        strategy,
+        selection ?? null,
+        body.with_dependencies ?? false,
+      ]),
+    ),
     initiatedBy: p.sub ?? p.role,
   });
+}
+
+/**
+ * A plan made in a transaction that is rolled back: a selective plan keeps its choice in
+ * temporary tables, which live only inside one.
+ */
+function planInTransaction(sql: Sql, request: PlanRequest) {
+  return request.strategy === "selective"
+    ? inRolledBackTransaction(sql, (tx) => planRestore(tx, request))
+    : planRestore(sql, request);
 }
 
 function sourceKey(source: Source): string[] {

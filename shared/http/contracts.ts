@@ -18,7 +18,19 @@ export const TenantId = z.union([
 /** `table` (meaning public.table) or `schema.table`; checked against the catalog, never quoted here. */
 export const TableList = z.array(z.string().min(1).max(300)).min(1).max(500);
 
-export const Strategy = z.enum(["overwrite", "merge"]);
+export const Strategy = z.enum(["overwrite", "merge", "selective"]);
+
+/**
+ * strategy selective: per table, the rows chosen by the keys pitr-diff shows (an object of the
+ * primary key's columns, or the opaque text of a table without one), or the whole table.
+ */
+export const Selection = z.array(z.union([
+  z.strictObject({
+    table: z.string().min(1).max(300),
+    keys: z.array(z.union([z.record(z.string(), z.unknown()), Text.max(200)])).min(1).max(10_000),
+  }),
+  z.strictObject({ table: z.string().min(1).max(300), all: z.literal(true) }),
+])).min(1).max(500);
 
 const Id = z.string().min(1).max(100);
 
@@ -109,7 +121,28 @@ export const PlanBody = z.strictObject({
   ...SourceFields,
   tables: TableList.optional(),
   strategy: Strategy.optional(),
-}).superRefine(oneSource).transform(asSource);
+  select: Selection.optional(),
+  with_dependencies: z.boolean().optional(),
+}).superRefine(oneSource).superRefine((v, ctx) => {
+  const selective = v.strategy === "selective";
+  if (selective && v.select === undefined) {
+    ctx.addIssue({ code: "custom", path: ["select"], message: "required with strategy selective" });
+  }
+  if (!selective && (v.select !== undefined || v.with_dependencies !== undefined)) {
+    ctx.addIssue({
+      code: "custom",
+      path: [v.select !== undefined ? "select" : "with_dependencies"],
+      message: "only with strategy selective",
+    });
+  }
+  if (selective && v.tables !== undefined) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["tables"],
+      message: "not with strategy selective (select names the tables)",
+    });
+  }
+}).transform(asSource);
 
 export const ExecuteBody = PlanBody;
 

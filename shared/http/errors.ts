@@ -33,7 +33,7 @@ export class MethodNotAllowed extends PitrError {
   }
 }
 
-export function errorBody(code: string, message: string, more: Record<string, string> = {}) {
+export function errorBody(code: string, message: string, more: Record<string, unknown> = {}) {
   return { error: { code, message, ...more } };
 }
 
@@ -47,7 +47,7 @@ export function onError(err: Error, c: Context): Response {
     return c.json(errorBody(err.code, err.message, { rollback_id: err.rollbackId }), 409);
   }
   if (err instanceof PitrError && err.status < 500) {
-    return c.json(errorBody(err.code, err.message), err.status as 400);
+    return c.json(errorBody(err.code, err.message, err.details), err.status as 400);
   }
   if (err instanceof PitrError && err.status === 503) {
     return c.json(errorBody(err.code, err.message), 503);

@@ -7,6 +7,7 @@ import { type Plan, planRestore, type Strategy } from "./plan.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { lockTenant } from "./lock.ts";
 import { getSnapshot, snapshotIn } from "./snapshot.ts";
+import type { Choice } from "./select.ts";
 
 /** Rows written per statement: the unit of progress. */
 const BATCH_ROWS = 10_000;
@@ -14,6 +15,9 @@ const BATCH_ROWS = 10_000;
 export interface ApplyOptions {
   strategy: Strategy;
   tables?: string[];
+  /** strategy selective: the rows chosen, and whether to add the rows they need. */
+  selection?: Choice[];
+  withDependencies?: boolean;
   /** A drill: no undo snapshot, since the caller always rolls back. */
   drill?: boolean;
   /**
@@ -61,17 +65,28 @@ export async function applySnapshot(
 
   // The undo snapshot comes first: it writes to the same stores that the plan below points into.
   const protectedNow = new Set((await protectedTables(tx)).map((t) => t.name));
+  // A selective restore may add tables as dependencies: its undo covers every table.
+  const undoTables = options.strategy === "selective" ? snapshot.tables : pickTables(
+    snapshot.tables,
+    options.tables,
+    "a table of this snapshot",
+  );
   const undo = options.drill ? null : await snapshotIn(tx, {
     tenantId: snapshot.tenant_id,
-    tables: pickTables(snapshot.tables, options.tables, "a table of this snapshot")
-      .map((t) => t.name).filter((n) => protectedNow.has(n)),
+    tables: undoTables.map((t) => t.name).filter((n) => protectedNow.has(n)),
     kind: "undo",
     label: `before restore of snapshot ${snapshotId}`,
   });
 
   const plan = await planRestore(
     tx,
-    { snapshotId, tables: options.tables, strategy: options.strategy },
+    {
+      snapshotId,
+      tables: options.tables,
+      strategy: options.strategy,
+      selection: options.selection,
+      withDependencies: options.withDependencies,
+    },
     { forRestore: true },
   );
   const blocker = plan.warnings.find((w) => w.blocking);
@@ -82,7 +97,7 @@ export async function applySnapshot(
   for (const fk of plan.foreignKeys) {
     const base = { constraint: fk.name, child: fk.child, parent: fk.parent };
     if (restored.has(fk.child)) fkChecks.push({ ...base, check: "child rows reference a parent" });
-    if (restored.has(fk.parent) && options.strategy === "overwrite") {
+    if (restored.has(fk.parent) && options.strategy !== "merge") {
       fkChecks.push({ ...base, check: "deleted parent rows are not referenced" });
     }
   }
@@ -103,7 +118,11 @@ export async function applySnapshot(
         select seq, max_value from pitr.sequences_behind(${t.id})`;
       for (const b of behind) await options.advanceSequence!(b.seq, Number(b.max_value));
     }
-    if (options.strategy === "overwrite") {
+    // A selective restore's result is checked against its expected digest, taken before it writes.
+    for (const t of options.strategy === "selective" ? plan.steps : []) {
+      await tx`select pitr.selective_expected(${t.id})`;
+    }
+    if (options.strategy !== "merge") {
       // Children first, so a parent's rows go after the rows that pointed at them.
       for (const t of [...plan.steps].reverse()) {
         current.table = t.name;
@@ -150,7 +169,7 @@ export async function applySnapshot(
         current.table = fk.child;
         const [{ n }] = await tx<{ n: string }[]>`
           select pitr.fk_dangling_children(${fk.oid}::oid, ${child.id},
-            ${options.strategy === "overwrite" && parent ? parent.id : null}) as n`;
+            ${options.strategy !== "merge" && parent ? parent.id : null}) as n`;
         if (Number(n) > 0) {
           throw new RestoreFailed(
             "foreign_key_violation",
@@ -159,7 +178,7 @@ export async function applySnapshot(
           );
         }
       }
-      if (parent && options.strategy === "overwrite") {
+      if (parent && options.strategy !== "merge") {
         current.table = fk.parent;
         const [{ n }] = await tx<{ n: string }[]>`
           select pitr.fk_orphans_of_deleted(${fk.oid}::oid, ${parent.id}) as n`;

@@ -2,6 +2,9 @@
 // It must never carry SQL text or row values in a message.
 
 export class PitrError extends Error {
+  /** More of the error object a caller acts on (rows a selection lacks); never row values. */
+  details?: Record<string, unknown>;
+
   constructor(
     readonly code: string,
     message: string,

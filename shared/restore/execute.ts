@@ -4,6 +4,7 @@
 import type { Sql } from "../db/client.ts";
 import { transaction } from "../db/transaction.ts";
 import { applySnapshot } from "./apply.ts";
+import type { Choice } from "./select.ts";
 import { refreshForeignKeys } from "./catalog.ts";
 import { describeFailure } from "./failure.ts";
 import { Cancelled, getStatus, HEARTBEAT_MS, Progress, type RestoreStatus } from "./history.ts";
@@ -29,8 +30,10 @@ export async function executeRestore(
 ): Promise<RestoreStatus> {
   const pending = await getStatus(sql, rollbackId);
   if (pending.status !== "pending") return pending;
-  const [{ requested_tables }] = await sql<{ requested_tables: string[] | null }[]>`
-    select requested_tables from public.backup_pitr_rollback_history where id = ${rollbackId}`;
+  const [{ requested_tables, selection, with_dependencies }] = await sql<
+    { requested_tables: string[] | null; selection: Choice[] | null; with_dependencies: boolean }[]
+  >`select requested_tables, selection, with_dependencies
+    from public.backup_pitr_rollback_history where id = ${rollbackId}`;
   const progress = new Progress(sql, rollbackId);
   // The heartbeat goes on while a long statement runs; a stale one means this process died.
   const heartbeat = setInterval(() => progress.beat().catch(() => {}), HEARTBEAT_MS);
@@ -47,13 +50,15 @@ export async function executeRestore(
       const applied = await applySnapshot(tx, pending.snapshot_id, {
         strategy: pending.strategy,
         tables: requested_tables ?? undefined,
+        selection: selection ?? undefined,
+        withDependencies: with_dependencies,
         lockTimeoutMs: options.lockTimeoutMs,
         // A statement of its own on the pool: its lock on the sequence ends with it.
         advanceSequence: async (seq, value) => {
           await sql`select pitr.advance_sequence(${seq}::regclass, ${value})`;
         },
-        onPlan: (_plan, rowsTotal, fkChecks, undoId) =>
-          progress.planned(rowsTotal, fkChecks, undoId),
+        onPlan: (plan, rowsTotal, fkChecks, undoId) =>
+          progress.planned(rowsTotal, fkChecks, undoId, plan.dependencies_added),
         onStep: (s, work) => progress.advance(s, work),
       });
       clearInterval(heartbeat);

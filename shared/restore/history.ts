@@ -4,6 +4,7 @@
 import type { Db, Sql } from "../db/client.ts";
 import { Conflict, NotFound, PG, PitrError, sqlState } from "./errors.ts";
 import type { Strategy } from "./plan.ts";
+import type { Added, Choice } from "./select.ts";
 
 /** How often a running restore proves it is alive, and when silence means it died. */
 export const HEARTBEAT_MS = Number(Deno.env.get("PITR_HEARTBEAT_MS") ?? 5000);
@@ -30,6 +31,9 @@ export interface RestoreRequest {
   tenantId: string;
   tables?: string[];
   strategy: Strategy;
+  /** strategy selective: the rows chosen, and whether to add the rows they need. */
+  selection?: Choice[];
+  withDependencies?: boolean;
   idempotencyKey?: string;
   requestHash?: string;
   initiatedBy?: string;
@@ -61,8 +65,10 @@ export async function createRestore(
   try {
     const [row] = await sql<{ id: string }[]>`
       insert into public.backup_pitr_rollback_history
-        (tenant_id, snapshot_id, strategy, requested_tables, idempotency_key, request_hash, initiated_by)
+        (tenant_id, snapshot_id, strategy, requested_tables, selection, with_dependencies,
+          idempotency_key, request_hash, initiated_by)
       values (${r.tenantId}, ${r.snapshotId}, ${r.strategy}, ${r.tables ?? null},
+        ${r.selection ? sql.json(r.selection as never) : null}, ${r.withDependencies ?? false},
         ${r.idempotencyKey ?? null}, ${r.requestHash ?? null}, ${r.initiatedBy ?? null})
       returning id`;
     return { id: row.id, reused: false };
@@ -158,11 +164,17 @@ export class Progress {
       where id = ${this.rollbackId} and status = 'running'`;
   }
 
-  async planned(rowsTotal: number, fks: unknown, undoSnapshotId: string | null) {
+  async planned(
+    rowsTotal: number,
+    fks: unknown,
+    undoSnapshotId: string | null,
+    added: Added[] = [],
+  ) {
     this.total = Math.max(rowsTotal, 1);
     await this.sql`update public.backup_pitr_rollback_history
       set rows_total = ${rowsTotal}, fk_constraints_handled = ${this.sql.json(fks as never)},
-        undo_snapshot_id = ${undoSnapshotId}, heartbeat_at = clock_timestamp()
+        undo_snapshot_id = ${undoSnapshotId}, dependencies_added = ${this.sql.json(added as never)},
+        heartbeat_at = clock_timestamp()
       where id = ${this.rollbackId}`;
   }
 
@@ -267,6 +279,8 @@ export interface RestoreStatus {
   started_at: string | null;
   completed_at: string | null;
   undo_snapshot_id: string | null;
+  /** strategy selective: rows added to the choice because chosen rows needed them. */
+  dependencies_added: Added[];
 }
 
 export async function getStatus(sql: Sql, rollbackId: string): Promise<RestoreStatus> {
@@ -309,5 +323,6 @@ export async function getStatus(sql: Sql, rollbackId: string): Promise<RestoreSt
     started_at: r.started_at?.toISOString() ?? null,
     completed_at: r.completed_at?.toISOString() ?? null,
     undo_snapshot_id: r.undo_snapshot_id,
+    dependencies_added: r.dependencies_added ?? [],
   };
 }

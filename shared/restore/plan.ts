@@ -5,14 +5,19 @@ import { type ForeignKey, foreignKeys, pickTables, refreshForeignKeys } from "./
 import { Unprocessable } from "./errors.ts";
 import { orderTables } from "./order.ts";
 import { getSnapshot, type Snapshot, type SnapshotTable } from "./snapshot.ts";
+import { type Added, type Choice, resolveSelection } from "./select.ts";
 import { firstError, validateSnapshot } from "./validate.ts";
 
-export type Strategy = "overwrite" | "merge";
+export type Strategy = "overwrite" | "merge" | "selective";
 
 export interface PlanRequest {
   snapshotId: string;
   tables?: string[];
   strategy?: Strategy;
+  /** strategy selective: the rows chosen, instead of `tables`. */
+  selection?: Choice[];
+  /** strategy selective: add the rows the choice needs instead of refusing it. */
+  withDependencies?: boolean;
 }
 
 export interface TableCounts {
@@ -40,6 +45,8 @@ export interface Plan {
   tables: TableCounts[];
   totals: Omit<TableCounts, "table">;
   warnings: Warning[];
+  /** strategy selective: rows added to the choice because chosen rows needed them. */
+  dependencies_added: Added[];
   /** Engine detail for execute: the snapshot tables in order, and the FKs that touch them. */
   steps: SnapshotTable[];
   foreignKeys: ForeignKey[];
@@ -60,7 +67,19 @@ export async function planRestore(
 ): Promise<Plan> {
   const strategy = request.strategy ?? "overwrite";
   const snapshot = await getSnapshot(sql, request.snapshotId);
-  const chosen = pickTables(snapshot.tables, request.tables, "a table of this snapshot");
+  await refreshForeignKeys(sql);
+  let chosen = pickTables(snapshot.tables, request.tables, "a table of this snapshot");
+  let added: Added[] = [];
+  if (strategy === "selective") {
+    // Needs the caller's transaction: the choice lives in temporary tables.
+    ({ tables: chosen, added } = await resolveSelection(
+      sql,
+      snapshot,
+      request.selection ?? [],
+      await foreignKeys(sql),
+      request.withDependencies ?? false,
+    ));
+  }
 
   const validation = await validateSnapshot(sql, snapshot.snapshot_id, chosen, !options.forRestore);
   const error = firstError(validation);
@@ -75,7 +94,6 @@ export async function planRestore(
     .filter((c) => !c.ok)
     .map((c) => ({ code: c.check, table: c.table, message: c.message, blocking: false }));
 
-  await refreshForeignKeys(sql);
   const names = new Set(chosen.map((t) => t.name));
   const fks = (await foreignKeys(sql)).filter((k) => names.has(k.child) || names.has(k.parent));
   const { order, cycles } = orderTables([...names], fks);
@@ -88,7 +106,8 @@ export async function planRestore(
       { ins: string; upd: string; del: string; unchanged: string; conflicts: string }[]
     >`
       select ins, upd, del, unchanged, conflicts
-      from pitr.table_diff(${t.id}, ${strategy}, ${options.forRestore ?? false})`;
+      from pitr.table_diff(${t.id}, ${strategy},
+        ${(options.forRestore ?? false) || strategy === "selective"})`;
     tables.push({
       table: t.name,
       insert: Number(d.ins),
@@ -106,7 +125,10 @@ export async function planRestore(
       });
     }
   }
-  warnings.push(...await outsideSetWarnings(sql, snapshot, byName, fks, strategy, tables));
+  // A selective choice was checked against every key already (resolveSelection).
+  if (strategy !== "selective") {
+    warnings.push(...await outsideSetWarnings(sql, snapshot, byName, fks, strategy, tables));
+  }
 
   const totals = { insert: 0, update: 0, delete: 0, unchanged: 0 };
   for (const t of tables) {
@@ -124,6 +146,7 @@ export async function planRestore(
     tables,
     totals,
     warnings,
+    dependencies_added: added,
     steps,
     foreignKeys: fks,
   };

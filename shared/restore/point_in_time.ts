@@ -6,7 +6,7 @@ import type { Db, Sql } from "../db/client.ts";
 import { transaction } from "../db/transaction.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { BadRequest, PG, sqlState, Unprocessable } from "./errors.ts";
-import { type Plan, planRestore, type Strategy } from "./plan.ts";
+import { type Plan, type PlanRequest, planRestore } from "./plan.ts";
 import { ensureStores, getSnapshot, lockTenantForSnapshot, type Snapshot } from "./snapshot.ts";
 import type { Check } from "./validate.ts";
 
@@ -95,14 +95,12 @@ class RollBack extends Error {
  */
 export async function planAt(
   sql: Sql,
-  request: PointInTime & { strategy?: Strategy },
+  request: PointInTime & Omit<PlanRequest, "snapshotId" | "tables">,
 ): Promise<Plan & { at: string }> {
   try {
     await transaction(sql, async (tx) => {
       const snapshot = await snapshotAtIn(tx, request, { preview: true });
-      throw new RollBack(
-        await planRestore(tx, { snapshotId: snapshot.snapshot_id, strategy: request.strategy }),
-      );
+      throw new RollBack(await planRestore(tx, { ...request, snapshotId: snapshot.snapshot_id }));
     }, { isolation: "repeatable read", before: ensureStores });
   } catch (e) {
     if (e instanceof RollBack) return { ...e.plan, at: request.at };

@@ -19,7 +19,8 @@ create type pitr.restore_sql as (
   exact boolean,     -- every snapshot column is restored as it is: the recorded checksum applies
   checksum text,     -- the snapshot table's recorded checksum
   writes text,       -- pg_temp table of the store rows a restore writes (see table_diff)
-  deletes text       -- pg_temp table of the live rows a restore deletes or re-inserts
+  deletes text,      -- pg_temp table of the live rows a restore deletes or re-inserts
+  selection text     -- pg_temp table of the rows a selective restore chose (see pitr.select_rows)
 );
 
 create function pitr.restore_sql(p_snapshot_table bigint) returns pitr.restore_sql
@@ -46,6 +47,7 @@ begin
   r.checksum := v_st.checksum;
   r.writes := format('pg_temp.%I', 'pitr_write_' || p_snapshot_table);
   r.deletes := format('pg_temp.%I', 'pitr_delete_' || p_snapshot_table);
+  r.selection := format('pg_temp.%I', 'pitr_select_' || p_snapshot_table);
   v_pk := coalesce(pitr.primary_key_of(r.relid), '{}');
 
   -- s.col ->> 'store' is the type the value is stored in, s.col ->> 'type' the live type it had.
@@ -111,7 +113,8 @@ $$;
 -- partition, so the partition's tableoid goes with it).
 create function pitr.multiset_diff_sql(r pitr.restore_sql) returns text
 language sql immutable set search_path = pg_catalog, pg_temp as $$
-  select format('select t.pitr_ctid as sctid, l.pitr_ltoid as ltoid, l.pitr_lctid as lctid
+  select format('select t.pitr_ctid as sctid, l.pitr_ltoid as ltoid, l.pitr_lctid as lctid,
+        coalesce(t.pitr_h, l.pitr_h) as h, coalesce(t.pitr_n, l.pitr_n) as n
       from (select t.*, row_number() over (partition by t.pitr_h
               order by %1$s using operator(pg_catalog.*<)) as pitr_n
             from (select t.*, hashtextextended(%1$s::text, 0) as pitr_h from %2$s t) t) t
@@ -153,11 +156,20 @@ declare
   v_differs text := format('record_image_ne(%s, %s)', pitr.row_of(r.cols, 'l'), pitr.row_of(r.cols, 't'));
   v_reins text := 'false';
   v_in_snapshot text;
+  -- A selective restore's chosen keys, when it chose some (not the whole table).
+  v_chosen_t text := 'true';
+  v_chosen_l text := 'true';
   v_ins bigint := 0; v_upd bigint := 0; v_del bigint := 0; v_conf bigint := 0;
 begin
   if cardinality(r.pk) = 0 then
     return query select * from pitr.table_diff_multiset(p_snapshot_table, p_strategy, p_materialize);
     return;
+  end if;
+  if p_materialize and to_regclass(r.selection) is not null then
+    v_chosen_t := format('exists (select from %s s where %s)', r.selection,
+      pitr.join_on(r.pk, 's', 't'));
+    v_chosen_l := format('exists (select from %s s where %s)', r.selection,
+      pitr.join_on(r.pk, 's', 'l'));
   end if;
   if p_strategy = 'merge' then
     v_differs := 'false';
@@ -179,7 +191,7 @@ begin
       r.live, r.tenant_pred, v_matched, v_matched, v_differs, v_matched, r.live,
       pitr.join_on(r.pk, 'o', 't'), pitr.target_sql(r), pitr.join_on(r.pk, 'l', 't'))
     into v_ins, v_upd, v_conf;
-    if p_strategy = 'overwrite' then
+    if p_strategy in ('overwrite', 'selective') then
       execute format('select count(*) from %s l where %s and not %s', r.live, r.tenant_pred,
         v_in_snapshot)
       into v_del;
@@ -196,18 +208,18 @@ begin
         l.pitr_lctid as lctid,
         not (%4$s) or (%5$s) as ins, (%4$s) and (%5$s) as reins
       from %6$s t left join l on %7$s
-      where not (%4$s) or %8$s',
+      where (not (%4$s) or %8$s) and %9$s',
     r.writes, r.live, r.tenant_pred, v_matched, v_reins, pitr.target_sql(r),
-    pitr.join_on(r.pk, 'l', 't'), v_differs);
+    pitr.join_on(r.pk, 'l', 't'), v_differs, v_chosen_t);
   -- Batches select their rows by n: without an index each would scan the whole write set.
   execute format('create index on %s (n); analyze %s', r.writes, r.writes);
   execute format('select count(*) filter (where ins and not reins),
       count(*) filter (where not ins or reins) from %s', r.writes) into v_ins, v_upd;
-  if p_strategy = 'overwrite' then
+  if p_strategy in ('overwrite', 'selective') then
     execute format('drop table if exists %1$s; create temp table %1$s on commit drop as
         select l.tableoid as pitr_ltoid, l.ctid as pitr_lctid, l.* from %2$s l
-        where %3$s and not %4$s',
-      r.deletes, r.live, r.tenant_pred, v_in_snapshot);
+        where %3$s and not %4$s and %5$s',
+      r.deletes, r.live, r.tenant_pred, v_in_snapshot, v_chosen_l);
     get diagnostics v_del = row_count;
     execute format('insert into %1$s select l.tableoid, l.ctid, l.* from %2$s l
         where l.ctid = any (array(select lctid from %3$s where reins))
@@ -241,13 +253,21 @@ begin
   else
     execute format('drop table if exists pg_temp.pitr_pairs;
         create temp table pitr_pairs on commit drop as %s', pitr.multiset_diff_sql(r));
+    -- A selective restore keeps only the rows it chose (by side, hash and number).
+    if to_regclass(r.selection) is not null then
+      execute format('update pg_temp.pitr_pairs p set
+          sctid = case when exists (select from %1$s s where s.side = ''i'' and s.h = p.h
+            and s.n = p.n) then p.sctid end,
+          lctid = case when exists (select from %1$s s where s.side = ''d'' and s.h = p.h
+            and s.n = p.n) then p.lctid end', r.selection);
+    end if;
     execute format('drop table if exists %1$s; create temp table %1$s on commit drop as
         select row_number() over () as n, sctid, null::oid as ltoid, null::tid as lctid, true as ins,
           false as reins
         from pg_temp.pitr_pairs where sctid is not null', r.writes);
     execute format('create index on %s (n); analyze %s', r.writes, r.writes);
     execute format('select count(*) from %s', r.writes) into v_ins;
-    if p_strategy = 'overwrite' then
+    if p_strategy in ('overwrite', 'selective') then
       execute format('drop table if exists %1$s; create temp table %1$s on commit drop as
           select l.tableoid as pitr_ltoid, l.ctid as pitr_lctid, l.* from %2$s l
           where l.ctid = any (array(select lctid from pg_temp.pitr_pairs where lctid is not null))
@@ -404,8 +424,52 @@ begin
 end
 $$;
 
+-- A selective restore leaves every row it did not choose as it is, so its result is checked by
+-- arithmetic on the order-independent digest: before it writes, the tenant's rows now, less the
+-- rows it deletes and the old images of the rows it updates, plus every row it writes; after,
+-- the tenant's rows must digest to exactly that. Both sides in today's types. Kept in
+-- pg_temp.pitr_expected for verify_table.
+create function pitr.selective_expected(p_snapshot_table bigint) returns text
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB'
+set timezone = 'UTC' set datestyle = 'ISO, YMD' set intervalstyle = 'postgres'
+set extra_float_digits = 3 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content'
+as $$
+declare
+  r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
+  v_by_text boolean := pitr.hash_by_text(array(select c.type from pitr.live_columns(r.relid) c
+    where format('%I', c.name) = any (r.cols)));
+  v_hash_l text := pitr.row_hash_sql(array(select 'l.' || c from unnest(r.cols) c), v_by_text);
+  v_hash_t text := pitr.row_hash_sql(array(select 't.' || c from unnest(r.cols) c), v_by_text);
+  v_n bigint;
+  v_s numeric;
+  v_expected text;
+begin
+  execute format('select
+      (select count(*) from %1$s l where %2$s)
+        - (select count(*) from %3$s l)
+        - (select count(*) from %4$s w where not w.ins)
+        + (select count(*) from %4$s w),
+      (select coalesce(sum(%5$s::numeric), 0) from %1$s l where %2$s)
+        - (select coalesce(sum(%5$s::numeric), 0) from %3$s l)
+        - (select coalesce(sum(%5$s::numeric), 0) from %1$s l
+            where (l.tableoid, l.ctid) in (select ltoid, lctid from %4$s where not ins) and %2$s)
+        + (select coalesce(sum(%6$s::numeric), 0) from %7$s t
+            join %4$s w on w.sctid = t.pitr_ctid)',
+    r.live, r.tenant_pred,
+    case when to_regclass(r.deletes) is null then '(select 1 where false)' else r.deletes end,
+    r.writes, v_hash_l, v_hash_t, pitr.target_sql(r))
+  into v_n, v_s;
+  v_expected := v_n || ':' || v_s;
+  create temp table if not exists pitr_expected (snapshot_table bigint primary key, digest text)
+    on commit drop;
+  insert into pg_temp.pitr_expected values (p_snapshot_table, v_expected)
+  on conflict (snapshot_table) do update set digest = excluded.digest;
+  return v_expected;
+end
+$$;
+
 -- Before commit: the tenant's rows equal the snapshot's (overwrite), or every snapshot row is
--- present (merge). When every column is restored as stored, the live rows (in the store's types)
+-- present (merge), or the digest selective_expected computed (selective). When every column is restored as stored, the live rows (in the store's types)
 -- are compared with the checksum recorded when the snapshot was taken, so a store altered since
 -- cannot pass either.
 create function pitr.verify_table(p_snapshot_table bigint, p_strategy text)
@@ -421,7 +485,14 @@ declare
   v_expected text;
   v_missing bigint;
 begin
-  if p_strategy = 'overwrite' and r.exact then
+  if p_strategy = 'selective' then
+    v_by_text := pitr.hash_by_text(array(select c.type from pitr.live_columns(r.relid) c
+      where format('%I', c.name) = any (r.cols)));
+    v_live := pitr.digest(format('%s l where %s', r.live, r.tenant_pred),
+      array(select 'l.' || c from unnest(r.cols) c), v_by_text);
+    v_expected := (select digest from pg_temp.pitr_expected where snapshot_table = p_snapshot_table);
+    return query select v_live = v_expected, v_live, v_expected;
+  elsif p_strategy = 'overwrite' and r.exact then
     v_live := pitr.digest(format('%s l where %s', r.live, r.tenant_pred), r.live_exprs, r.by_text);
     return query select v_live = r.checksum, v_live, r.checksum;
   elsif p_strategy = 'overwrite' then
