@@ -11,6 +11,9 @@ import { getSnapshot, snapshotIn } from "./snapshot.ts";
 /** Rows written per statement: the unit of progress. */
 const BATCH_ROWS = 10_000;
 
+/** The parts of a restore, in order: a restore's onPhase hears each as it begins. */
+export type ApplyPhase = "catalog" | "undo" | "diff" | "writes" | "checks";
+
 export interface ApplyOptions {
   strategy: Strategy;
   tables?: string[];
@@ -24,6 +27,8 @@ export interface ApplyOptions {
     undoSnapshotId: string | null,
   ): Promise<void>;
   onStep?(step: { step: string; table?: string; rows?: number }, work: number): Promise<void>;
+  /** Awaited as each phase begins, before its first statement (a test's injection point). */
+  onPhase?(phase: ApplyPhase): Promise<void>;
 }
 
 export interface FkCheck {
@@ -46,6 +51,7 @@ export async function applySnapshot(
   options: ApplyOptions,
 ): Promise<Applied> {
   const step = options.onStep ?? (() => Promise.resolve());
+  const phase = options.onPhase ?? (() => Promise.resolve());
   // Triggers stay off for this transaction only: the application's triggers must not rewrite
   // restored rows. FK triggers are off with them, so integrity is checked below before commit.
   await tx`select set_config('session_replication_role', 'replica', true)`;
@@ -55,7 +61,9 @@ export async function applySnapshot(
   await lockTenant(tx, snapshot.tenant_id, "xact");
 
   // The undo snapshot comes first: it writes to the same stores that the plan below points into.
+  await phase("catalog");
   const protectedNow = new Set((await protectedTables(tx)).map((t) => t.name));
+  await phase("undo");
   const undo = options.drill ? null : await snapshotIn(tx, {
     tenantId: snapshot.tenant_id,
     tables: pickTables(snapshot.tables, options.tables, "a table of this snapshot")
@@ -64,6 +72,7 @@ export async function applySnapshot(
     label: `before restore of snapshot ${snapshotId}`,
   });
 
+  await phase("diff");
   const plan = await planRestore(
     tx,
     { snapshotId, tables: options.tables, strategy: options.strategy },
@@ -89,6 +98,7 @@ export async function applySnapshot(
 
   let written = 0;
   const current = { table: undefined as string | undefined };
+  await phase("writes");
   try {
     if (options.strategy === "overwrite") {
       // Children first, so a parent's rows go after the rows that pointed at them.
@@ -117,6 +127,7 @@ export async function applySnapshot(
 
     current.table = undefined;
     await step({ step: "verify" }, 0);
+    await phase("checks");
     for (const t of plan.steps) {
       current.table = t.name;
       const [v] = await tx<
