@@ -6,16 +6,31 @@ import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
 import { runDrills } from "../restore/drill.ts";
 import { Unprocessable } from "../restore/errors.ts";
 import { executeRestore } from "../restore/execute.ts";
-import { cancelRestore, createRestore, getStatus, type RestoreStatus } from "../restore/history.ts";
+import {
+  cancelRestore,
+  createRestore,
+  getStatus,
+  restoreNotFound,
+  type RestoreStatus,
+  restoreTenant,
+} from "../restore/history.ts";
 import { normaliseTableName, pickTables } from "../restore/catalog.ts";
 import { planRestore } from "../restore/plan.ts";
 import { planAt, snapshotAt, validateAt } from "../restore/point_in_time.ts";
-import { getSnapshot, listSnapshots, type Snapshot, takeSnapshot } from "../restore/snapshot.ts";
+import {
+  getSnapshot,
+  listSnapshots,
+  type Snapshot,
+  snapshotNotFound,
+  snapshotTenant,
+  takeSnapshot,
+} from "../restore/snapshot.ts";
 import { firstError, validateSnapshot } from "../restore/validate.ts";
 import {
   type AuthConfig,
   authConfigFromEnv,
   authenticate,
+  mayActOn,
   ownTenant,
   type Principal,
   requireAction,
@@ -182,9 +197,8 @@ export function createApp(deps: AppDeps): Hono {
 
   api.get("/pitr-status", async (c) => {
     const q = parse(StatusQuery, queryOf(c.req.url));
-    const status = await getStatus(sql, q.rollback_id);
-    authorize(c.var.principal, "read", status.tenant_id);
-    return c.json(status);
+    await restoreFor(c.var.principal, "read", q.rollback_id);
+    return c.json(await getStatus(sql, q.rollback_id));
   });
 
   api.post("/pitr-drill", async (c) => {
@@ -208,17 +222,24 @@ export function createApp(deps: AppDeps): Hono {
   app.route("/functions/v1", api);
   app.route("/", api);
 
+  // Authorize before any lookup: the role first, then only the id's tenant is read. An id of a
+  // tenant the caller may not act on is answered exactly as an id that does not exist, so that a
+  // token without rights cannot learn which ids exist.
   async function snapshotFor(p: Principal, action: "read" | "write", snapshotId: string) {
     requireAction(p, action);
-    const s = await getSnapshot(sql, snapshotId);
-    requireTenant(p, s.tenant_id);
-    return s;
+    const tenant = await snapshotTenant(sql, snapshotId);
+    if (tenant === undefined || !mayActOn(p, tenant)) throw snapshotNotFound(snapshotId);
+    return await getSnapshot(sql, snapshotId);
+  }
+
+  async function restoreFor(p: Principal, action: "read" | "write", rollbackId: string) {
+    requireAction(p, action);
+    const tenant = await restoreTenant(sql, rollbackId);
+    if (tenant === undefined || !mayActOn(p, tenant)) throw restoreNotFound(rollbackId);
   }
 
   async function cancel(p: Principal, rollbackId: string) {
-    requireAction(p, "write");
-    const current = await getStatus(sql, rollbackId);
-    requireTenant(p, current.tenant_id);
+    await restoreFor(p, "write", rollbackId);
     return await cancelRestore(sql, rollbackId);
   }
   return app;

@@ -272,6 +272,21 @@ export interface RestoreStatus {
   undo_snapshot_id: string | null;
 }
 
+/**
+ * The tenant a restore belongs to, or undefined when there is no such restore: read alone, with no
+ * side effect, so that a caller is authorized before anything else is looked up or done.
+ */
+export async function restoreTenant(sql: Sql, rollbackId: string): Promise<string | undefined> {
+  if (!UUID.test(rollbackId)) return undefined;
+  const [r] = await sql<{ tenant_id: string }[]>`
+    select tenant_id from public.backup_pitr_rollback_history where id = ${rollbackId}`;
+  return r?.tenant_id;
+}
+
+export function restoreNotFound(rollbackId: string): NotFound {
+  return new NotFound("restore_not_found", `restore ${rollbackId} does not exist`);
+}
+
 export async function getStatus(sql: Sql, rollbackId: string): Promise<RestoreStatus> {
   if (UUID.test(rollbackId)) {
     await sql`select pitr.reap_abandoned(tenant_id, ${`${staleAfterMs()} milliseconds`}::interval)
@@ -282,7 +297,7 @@ export async function getStatus(sql: Sql, rollbackId: string): Promise<RestoreSt
     ? await sql`select *, extract(epoch from clock_timestamp() - started_at) as elapsed
         from public.backup_pitr_rollback_history where id = ${rollbackId}`
     : [];
-  if (!r) throw new NotFound("restore_not_found", `restore ${rollbackId} does not exist`);
+  if (!r) throw restoreNotFound(rollbackId);
   const pct = Number(r.progress_pct);
   const eta = r.status === "running" && pct > 0
     ? Math.round((Number(r.elapsed) * (100 - pct)) / pct)
