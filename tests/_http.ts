@@ -15,6 +15,7 @@ export function token(claims: Record<string, unknown>, expiresIn = "2h"): Promis
 export function userToken(tenant: string, pitr_role?: string): Promise<string> {
   return token({
     role: "authenticated",
+    aud: "authenticated",
     sub: `u-${tenant}-${pitr_role}`,
     app_metadata: { tenant_id: tenant, ...(pitr_role ? { pitr_role } : {}) },
   });

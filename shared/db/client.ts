@@ -21,12 +21,25 @@ export function urlOf(sql: Sql): string {
   return url;
 }
 
-export function connect(url: string, options: { max?: number } = {}): Sql {
+export interface ConnectOptions {
+  max?: number;
+  /** null: never close a connection for its age (a session that holds a transaction). */
+  maxLifetime?: null;
+  /** Opens the socket (a pinned session's, shared/db/session.ts); postgres.js's own otherwise. */
+  socket?: (options: { host: string[]; port: number[]; path: string | false }) => unknown;
+  onclose?: (connectionId: number) => void;
+}
+
+export function connect(url: string, options: ConnectOptions = {}): Sql {
   const sql = postgres(url, {
     max: options.max ?? 10,
     onnotice: () => {},
     // Tenant ids travel as text; bigint counts come back as strings, read them with Number().
     connection: { application_name: "pitr" },
+    ...(options.maxLifetime === null ? { max_lifetime: null } : {}),
+    ...(options.onclose ? { onclose: options.onclose } : {}),
+    // postgres.js takes `socket` but does not declare it in its types.
+    ...(options.socket ? { socket: options.socket } as Record<string, unknown> : {}),
   });
   urls.set(sql, url);
   return sql;

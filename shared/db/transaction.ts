@@ -1,12 +1,22 @@
-// A transaction on a session of its own: a one-connection client opened for it and closed after.
-// It must never write to a connection the server has closed. postgres.js's sql.begin() sends
-// ROLLBACK after any error, and a pooled or reserved connection terminated under it
-// (pg_terminate_backend, a server restart) is reused in a state where the next write throws
+// A transaction on a session of its own (shared/db/session.ts), opened for it and closed after.
+// It must never write to a connection the server has closed, nor outlive its session: postgres.js's
+// sql.begin() sends ROLLBACK after any error, and a pooled or reserved connection terminated under
+// it (pg_terminate_backend, a server restart) is reused in a state where the next write throws
 // from a timer under Deno and takes the whole process down. The server has already rolled back
-// such a transaction, so nothing is sent on it again.
-import { connect, type Sql, urlOf } from "./client.ts";
+// such a transaction, so nothing is sent on it again, and the caller learns at once.
+import type { Sql } from "./client.ts";
+import { urlOf } from "./client.ts";
+import { openSession, SESSION_ENDED, SessionEnded } from "./session.ts";
 
-const CONNECTION_LOST = new Set(["CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED"]);
+const CONNECTION_LOST = new Set([
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  SESSION_ENDED,
+  // The socket's own errors once the server has closed its end.
+  "EPIPE",
+  "ECONNRESET",
+]);
 
 export function isConnectionLost(error: unknown): boolean {
   const code = (error as { code?: string })?.code ?? "";
@@ -17,6 +27,8 @@ export interface TransactionOptions {
   isolation?: "read committed" | "repeatable read";
   /** Runs on the session before BEGIN (a session lock the transaction's snapshot must follow). */
   before?: (session: Sql) => Promise<void>;
+  /** Ends the session when aborted (its backend is gone): the transaction fails at once. */
+  signal?: AbortSignal;
 }
 
 export async function transaction<T>(
@@ -24,23 +36,39 @@ export async function transaction<T>(
   fn: (tx: Sql) => Promise<T>,
   options: TransactionOptions = {},
 ): Promise<T> {
-  const session = connect(urlOf(sql), { max: 1 });
+  const session = openSession(urlOf(sql));
+  const abort = () => session.abort(String(options.signal?.reason ?? "the session was ended"));
+  if (options.signal?.aborted) abort();
+  options.signal?.addEventListener("abort", abort);
   const begin = options.isolation === "repeatable read"
     ? "begin isolation level repeatable read"
     : "begin";
+  // Whatever fn waits on, the transaction is over when its session is: the server rolled it back.
+  const onSession = <R>(work: Promise<R>): Promise<R> => {
+    work.catch(() => {}); // its failure, if any, comes after the session's
+    return Promise.race([work, session.ended]);
+  };
   let lost = false;
   try {
-    await options.before?.(session);
-    // Fixed text chosen from two literals above, never caller input.
-    await session.unsafe(begin);
-    const result = await fn(session);
-    await session`commit`;
+    await onSession((async () => {
+      await options.before?.(session.sql);
+      // Fixed text chosen from two literals above, never caller input.
+      await session.sql.unsafe(begin);
+    })());
+    const result = await onSession(fn(session.sql));
+    await onSession(session.sql`commit`.then(() => {}));
     return result;
   } catch (e) {
-    lost = isConnectionLost(e);
-    if (!lost) await session`rollback`.catch(() => {});
-    throw e;
+    lost = session.lost() || isConnectionLost(e);
+    if (!lost) {
+      await onSession(session.sql`rollback`.then(() => {})).catch(() => {});
+    }
+    // An error of a lost session (EPIPE, a later query refused) is the session's end.
+    throw session.lost() && !isConnectionLost(e)
+      ? Object.assign(new SessionEnded("the session's connection closed"), { cause: e })
+      : e;
   } finally {
-    await session.end({ timeout: lost ? 0 : 5 });
+    options.signal?.removeEventListener("abort", abort);
+    await session.end(lost);
   }
 }

@@ -12,18 +12,28 @@ import {
   createRestore,
   getStatus,
   listRestores,
+  restoreNotFound,
   type RestoreStatus,
+  restoreTenant,
 } from "../restore/history.ts";
 import { normaliseTableName, pickTables } from "../restore/catalog.ts";
 import { type PlanRequest, planRestore } from "../restore/plan.ts";
 import { inRolledBackTransaction } from "../restore/select.ts";
 import { planAt, snapshotAt, validateAt } from "../restore/point_in_time.ts";
-import { getSnapshot, listSnapshots, type Snapshot, takeSnapshot } from "../restore/snapshot.ts";
+import {
+  getSnapshot,
+  listSnapshots,
+  type Snapshot,
+  snapshotNotFound,
+  snapshotTenant,
+  takeSnapshot,
+} from "../restore/snapshot.ts";
 import { firstError, validateSnapshot } from "../restore/validate.ts";
 import {
   type AuthConfig,
   authConfigFromEnv,
   authenticate,
+  mayActOn,
   ownTenant,
   type Principal,
   requireAction,
@@ -248,10 +258,9 @@ export function createApp(deps: AppDeps): Hono {
       authorize(c.var.principal, "read", q.tenant_id);
       return c.json({ restores: await listRestores(sql, q.tenant_id, q.limit ?? 20) });
     }
-    const status = await getStatus(sql, q.rollback_id!);
-    authorize(c.var.principal, "read", status.tenant_id);
-    note(c, { rollback_id: status.rollback_id });
-    return c.json(status);
+    await restoreFor(c.var.principal, "read", q.rollback_id!);
+    note(c, { rollback_id: q.rollback_id! });
+    return c.json(await getStatus(sql, q.rollback_id!));
   });
 
   api.post("/pitr-drill", async (c) => {
@@ -281,19 +290,29 @@ export function createApp(deps: AppDeps): Hono {
   app.route("/functions/v1", api);
   app.route("/", api);
 
+  // Authorize before any lookup: the role first, then only the id's tenant is read. An id of a
+  // tenant the caller may not act on is answered exactly as an id that does not exist, so that a
+  // token without rights cannot learn which ids exist.
   async function snapshotFor(c: Context<Env>, action: "read" | "write", snapshotId: string) {
     requireAction(c.var.principal, action);
+    const tenant = await snapshotTenant(sql, snapshotId);
+    if (tenant === undefined || !mayActOn(c.var.principal, tenant)) {
+      throw snapshotNotFound(snapshotId);
+    }
     const s = await getSnapshot(sql, snapshotId);
-    requireTenant(c.var.principal, s.tenant_id);
     note(c, { snapshot_id: s.snapshot_id });
     return s;
   }
 
+  async function restoreFor(p: Principal, action: "read" | "write", rollbackId: string) {
+    requireAction(p, action);
+    const tenant = await restoreTenant(sql, rollbackId);
+    if (tenant === undefined || !mayActOn(p, tenant)) throw restoreNotFound(rollbackId);
+  }
+
   async function cancel(c: Context<Env>, rollbackId: string) {
-    requireAction(c.var.principal, "write");
-    const current = await getStatus(sql, rollbackId);
-    requireTenant(c.var.principal, current.tenant_id);
-    note(c, { rollback_id: current.rollback_id });
+    await restoreFor(c.var.principal, "write", rollbackId);
+    note(c, { rollback_id: rollbackId });
     return await cancelRestore(sql, rollbackId);
   }
   return app;

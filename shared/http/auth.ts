@@ -1,6 +1,6 @@
 // Who is calling: verifies the bearer JWT (HS256 with the project's secret, or asymmetric keys from
-// its JWKS) and decides what the caller may do. It must never accept an unsigned, expired or
-// unverifiable token, nor let a tenant's user act on another tenant.
+// its JWKS; a user token's audience and issuer) and decides what the caller may do. It must never
+// accept an unsigned, expired or unverifiable token, nor let a tenant's user act on another tenant.
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
@@ -10,7 +10,7 @@ import {
   jwtVerify,
   type JWTVerifyGetKey,
 } from "jose";
-import { Forbidden, Unauthorized } from "./errors.ts";
+import { Forbidden, Unauthorized, Unavailable } from "./errors.ts";
 
 export interface AuthConfig {
   /** SUPABASE_JWT_SECRET: verifies HS256 tokens (legacy keys, local development). */
@@ -24,7 +24,17 @@ export interface AuthConfig {
    * the cron drill's service key is accepted there.
    */
   serviceKeys?: string[];
+  /**
+   * The issuer a user token must carry: `$SUPABASE_URL/auth/v1`, as Supabase Auth signs them, or
+   * PITR_AUTH_ISSUER where the function sees another URL than its users (a custom domain, the
+   * CLI's internal http://kong:8000). Unset (no SUPABASE_URL, as under `deno task start`), a user
+   * token's issuer is not checked.
+   */
+  issuer?: string;
 }
+
+/** The audience of a Supabase Auth user token; a token minted for anything else is refused. */
+const USER_AUDIENCE = "authenticated";
 
 const ASYMMETRIC = ["RS256", "ES256", "EdDSA", "PS256"];
 
@@ -32,9 +42,41 @@ export function jwksUrl(supabaseUrl: string): URL {
   return new URL("/auth/v1/.well-known/jwks.json", supabaseUrl);
 }
 
+/** What Supabase Auth puts in `iss`: the project's URL and /auth/v1. */
+export function authIssuer(supabaseUrl: string): string {
+  return new URL("/auth/v1", supabaseUrl).toString();
+}
+
+/**
+ * The project's key set, fetched from its URL (and cached by jose). A key set that cannot be had
+ * (no answer within timeoutMs, a network failure, an answer that is not a key set) is 503
+ * `auth_unavailable`, not a 401 for a token that may be valid nor a 500: the caller can retry.
+ * A key set without the token's key stays a 401.
+ */
+export function remoteJwks(url: URL, timeoutMs: number): JWTVerifyGetKey {
+  const jwks = createRemoteJWKSet(url, { timeoutDuration: timeoutMs });
+  return async (header, token) => {
+    try {
+      return await jwks(header, token);
+    } catch (e) {
+      if (
+        e instanceof joseErrors.JWKSNoMatchingKey ||
+        e instanceof joseErrors.JWKSMultipleMatchingKeys
+      ) throw e;
+      throw new Unavailable(
+        "auth_unavailable",
+        e instanceof joseErrors.JWKSTimeout
+          ? `the project's signing keys did not arrive within ${timeoutMs} ms; try again`
+          : "the project's signing keys could not be fetched; try again",
+      );
+    }
+  };
+}
+
 /**
  * From the environment: SUPABASE_JWT_SECRET; the key set from SUPABASE_JWKS (given to deployed
- * functions) or else fetched from SUPABASE_URL; and the project's secret keys.
+ * functions) or else fetched from SUPABASE_URL (waiting up to PITR_JWKS_TIMEOUT_MS, default 5 s);
+ * the issuer of user tokens (PITR_AUTH_ISSUER, else from SUPABASE_URL); the project's secret keys.
  */
 export function authConfigFromEnv(): AuthConfig {
   const secret = Deno.env.get("SUPABASE_JWT_SECRET") || undefined;
@@ -43,13 +85,14 @@ export function authConfigFromEnv(): AuthConfig {
   const jwks = localJwks && Array.isArray((localJwks as { keys?: unknown }).keys)
     ? createLocalJWKSet(localJwks as Parameters<typeof createLocalJWKSet>[0])
     : url
-    ? createRemoteJWKSet(jwksUrl(url))
+    ? remoteJwks(jwksUrl(url), Number(Deno.env.get("PITR_JWKS_TIMEOUT_MS") ?? 5000))
     : undefined;
   const serviceKeys = [
     Deno.env.get("SUPABASE_SERVICE_ROLE_KEY"),
     ...Object.values((parseJson(Deno.env.get("SUPABASE_SECRET_KEYS")) ?? {}) as object),
   ].filter((k): k is string => typeof k === "string" && k.length >= 20);
-  return { jwtSecret: secret, jwks, serviceKeys };
+  const issuer = Deno.env.get("PITR_AUTH_ISSUER") || (url ? authIssuer(url) : undefined);
+  return { jwtSecret: secret, jwks, serviceKeys, issuer };
 }
 
 function parseJson(text: string | undefined): unknown {
@@ -108,11 +151,10 @@ export async function authenticate(
       );
     }
   } catch (e) {
-    if (e instanceof Unauthorized) throw e;
+    if (e instanceof Unauthorized || e instanceof Unavailable) throw e;
     if (e instanceof joseErrors.JWTExpired) {
       throw new Unauthorized("token_expired", "the bearer token has expired");
     }
-    if (e instanceof joseErrors.JWKSTimeout || e instanceof joseErrors.JWKSInvalid) throw e;
     if (e instanceof joseErrors.JOSEError) {
       throw new Unauthorized("invalid_token", "the bearer token could not be verified");
     }
@@ -124,6 +166,15 @@ export async function authenticate(
   const role = typeof payload.role === "string" ? payload.role : "";
   const sub = typeof payload.sub === "string" ? payload.sub : undefined;
   if (role === "authenticated") {
+    // A user token is one Supabase Auth issued for this project's users: the anon key, a token
+    // of another audience or of another project's auth (same secret, another URL) is not one.
+    const audience = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+    if (!audience.includes(USER_AUDIENCE)) {
+      throw new Unauthorized("invalid_token", `a user token's aud must be ${USER_AUDIENCE}`);
+    }
+    if (config.issuer !== undefined && payload.iss !== config.issuer) {
+      throw new Unauthorized("invalid_token", `a user token's iss must be ${config.issuer}`);
+    }
     const meta = (payload.app_metadata ?? {}) as Record<string, unknown>;
     const tenant = meta.tenant_id;
     return {
@@ -158,12 +209,18 @@ export function requireAction(p: Principal, action: Action): void {
   );
 }
 
-/** The tenant check, once the tenant the call acts on is known. */
-export function requireTenant(p: Principal, tenantId: string): void {
-  if (p.role === "service_role") return;
+/** Whether the caller may act on a tenant (its role checked apart, by requireAction). */
+export function mayActOn(p: Principal, tenantId: string): boolean {
+  if (p.role === "service_role") return true;
   const own = (p as { tenantId?: string }).tenantId;
-  if (p.role === "authenticated" && own !== undefined && own === tenantId) return;
-  throw new Forbidden("forbidden_tenant", "this token may not act on that tenant");
+  return p.role === "authenticated" && own !== undefined && own === tenantId;
+}
+
+/** The tenant check, for a tenant the caller named (an id it named is checked by its lookup). */
+export function requireTenant(p: Principal, tenantId: string): void {
+  if (!mayActOn(p, tenantId)) {
+    throw new Forbidden("forbidden_tenant", "this token may not act on that tenant");
+  }
 }
 
 /** The tenant of an authenticated caller, for calls that default to it (a drill). */

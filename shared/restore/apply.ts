@@ -12,6 +12,9 @@ import type { Choice } from "./select.ts";
 /** Rows written per statement: the unit of progress. */
 const BATCH_ROWS = 10_000;
 
+/** The parts of a restore, in order: a restore's onPhase hears each as it begins. */
+export type ApplyPhase = "catalog" | "undo" | "diff" | "writes" | "checks";
+
 export interface ApplyOptions {
   strategy: Strategy;
   tables?: string[];
@@ -33,6 +36,8 @@ export interface ApplyOptions {
     undoSnapshotId: string | null,
   ): Promise<void>;
   onStep?(step: { step: string; table?: string; rows?: number }, work: number): Promise<void>;
+  /** Awaited as each phase begins, before its first statement (a test's injection point). */
+  onPhase?(phase: ApplyPhase): Promise<void>;
 }
 
 export interface FkCheck {
@@ -55,6 +60,7 @@ export async function applySnapshot(
   options: ApplyOptions,
 ): Promise<Applied> {
   const step = options.onStep ?? (() => Promise.resolve());
+  const phase = options.onPhase ?? (() => Promise.resolve());
   // Triggers stay off for this transaction only: the application's triggers must not rewrite
   // restored rows. FK triggers are off with them, so integrity is checked below before commit.
   await tx`select set_config('session_replication_role', 'replica', true)`;
@@ -64,7 +70,9 @@ export async function applySnapshot(
   await lockTenant(tx, snapshot.tenant_id, "xact");
 
   // The undo snapshot comes first: it writes to the same stores that the plan below points into.
+  await phase("catalog");
   const protectedNow = new Set((await protectedTables(tx)).map((t) => t.name));
+  await phase("undo");
   // A selective restore may add tables as dependencies: its undo covers every table.
   const undoTables = options.strategy === "selective" ? snapshot.tables : pickTables(
     snapshot.tables,
@@ -78,6 +86,7 @@ export async function applySnapshot(
     label: `before restore of snapshot ${snapshotId}`,
   });
 
+  await phase("diff");
   const plan = await planRestore(
     tx,
     {
@@ -109,6 +118,7 @@ export async function applySnapshot(
 
   let written = 0;
   const current = { table: undefined as string | undefined };
+  await phase("writes");
   try {
     // Before any write: the sequences first pass every value the restore will write, so the
     // application's next inserts cannot take one of them.
@@ -145,6 +155,7 @@ export async function applySnapshot(
 
     current.table = undefined;
     await step({ step: "verify" }, 0);
+    await phase("checks");
     for (const t of plan.steps) {
       current.table = t.name;
       const [v] = await tx<

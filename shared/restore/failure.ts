@@ -3,6 +3,9 @@
 import { isConnectionLost } from "../db/transaction.ts";
 import { PG, PitrError, sqlState } from "./errors.ts";
 
+/** A restore whose session ended (terminated, timed out idle in its transaction, a restart). */
+const SESSION_LOST = "the restore's database session ended; its transaction was rolled back";
+
 export interface Failure {
   code: string;
   message: string;
@@ -16,11 +19,7 @@ export function describeFailure(error: unknown): Failure {
   const constraint = (error as { constraint_name?: string })?.constraint_name ?? "";
   if (error instanceof PitrError) return { code: error.code, message: error.message, table };
   if (isConnectionLost(error)) {
-    return {
-      code: "connection_lost",
-      message: `the restore's database session ended; its transaction was rolled back${where}`,
-      table,
-    };
+    return { code: "connection_lost", message: `${SESSION_LOST}${where}`, table };
   }
   switch (sqlState(error)) {
     case PG.LOCK_NOT_AVAILABLE:

@@ -5,11 +5,18 @@ import type { Db, Sql } from "../db/client.ts";
 import { Conflict, NotFound, PG, PitrError, sqlState } from "./errors.ts";
 import type { Strategy } from "./plan.ts";
 import type { Added, Choice } from "./select.ts";
+import { restoreSessionAlive, signalRestoreSession } from "./session_watch.ts";
 
 /** How often a running restore proves it is alive, and when silence means it died. */
-export const HEARTBEAT_MS = Number(Deno.env.get("PITR_HEARTBEAT_MS") ?? 5000);
+export function heartbeatMs(): number {
+  return Number(Deno.env.get("PITR_HEARTBEAT_MS") ?? 5000);
+}
 export function staleAfterMs(): number {
   return Number(Deno.env.get("PITR_HEARTBEAT_STALE_MS") ?? 30_000);
+}
+/** How long a cancel waits for the restore to stop before it ends the restore's session. */
+export function cancelEscalateMs(): number {
+  return Number(Deno.env.get("PITR_CANCEL_ESCALATE_MS") ?? 3000);
 }
 
 /** Records abandoned restores of a tenant (or of all tenants) as failed. */
@@ -19,10 +26,12 @@ export async function reapAbandoned(sql: Db, tenantId: string | null): Promise<n
   return n;
 }
 
+export const CANCELLED = "the restore was cancelled and rolled back";
+
 /** Thrown inside a restore when its cancel was requested; the transaction rolls back. */
 export class Cancelled extends PitrError {
   constructor() {
-    super("cancelled", "the restore was cancelled and rolled back", 409);
+    super("cancelled", CANCELLED, 409);
   }
 }
 
@@ -148,20 +157,39 @@ export class Progress {
   private total = 1;
   constructor(private sql: Sql, readonly rollbackId: string) {}
 
-  /** Moves pending to running; false when the restore is no longer pending (cancelled). */
-  async start(txid: string, backendPid: number): Promise<boolean> {
+  /**
+   * Moves pending to running and records the restore's session (pid and backend_start); false
+   * when the restore is no longer pending (cancelled). backend_start travels as text: a
+   * timestamptz parameter would pass through a JavaScript Date and lose its microseconds.
+   */
+  async start(txid: string, backendPid: number, backendStart: string): Promise<boolean> {
     const rows = await this.sql`update public.backup_pitr_rollback_history
       set status = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
         current_step = 'preparing', backend_pid = ${backendPid},
+        backend_start = ${backendStart}::text::timestamptz,
         transaction_ids = transaction_ids || ${txid}::text
       where id = ${this.rollbackId} and status = 'pending' and cancel_requested_at is null
       returning id`;
     return rows.length === 1;
   }
 
-  async beat() {
-    await this.sql`update public.backup_pitr_rollback_history set heartbeat_at = clock_timestamp()
-      where id = ${this.rollbackId} and status = 'running'`;
+  /**
+   * Proves the restore alive: its process (this beat runs) and its session (still in
+   * pg_stat_activity with the pid and backend_start it began with). "gone" tells the restore to
+   * stop waiting on its session and fail; its outcome is recorded there, by the one who knows
+   * whether the transaction ended for another reason first. While the restore's own transaction
+   * holds the row (its last write, before commit) the beat skips the write rather than wait.
+   */
+  async beat(): Promise<"alive" | "gone" | "not running"> {
+    const alive = await restoreSessionAlive(this.sql, this.rollbackId);
+    if (alive === null) return "not running";
+    if (!alive) return "gone";
+    await this.sql`with r as (
+        select id from public.backup_pitr_rollback_history
+        where id = ${this.rollbackId} and status = 'running' for update skip locked)
+      update public.backup_pitr_rollback_history h set heartbeat_at = clock_timestamp()
+      from r where h.id = r.id`;
+    return "alive";
   }
 
   async planned(
@@ -175,12 +203,14 @@ export class Progress {
       set rows_total = ${rowsTotal}, fk_constraints_handled = ${this.sql.json(fks as never)},
         undo_snapshot_id = ${undoSnapshotId}, dependencies_added = ${this.sql.json(added as never)},
         heartbeat_at = clock_timestamp()
-      where id = ${this.rollbackId}`;
+      where id = ${this.rollbackId} and status = 'running'`;
   }
 
   /**
    * Adds rows to the work done and appends a step; progress stays below 100 until the end.
-   * Throws Cancelled when a cancel was requested, so the restore stops between statements too.
+   * Throws Cancelled when a cancel was requested, so the restore stops between statements too,
+   * and when the restore is no longer running (its end was recorded already: the heartbeat found
+   * its session gone), so a late step never writes over that outcome.
    */
   async advance(step: Omit<Step, "at">, rows: number) {
     this.rowsDone += rows;
@@ -191,9 +221,9 @@ export class Progress {
         current_step = ${step.table ? `${step.step} ${step.table}` : step.step},
         restoration_steps = restoration_steps || ${this.sql.json([entry])},
         heartbeat_at = clock_timestamp()
-      where id = ${this.rollbackId}
+      where id = ${this.rollbackId} and status = 'running'
       returning cancel_requested_at is not null as cancel`;
-    if (r?.cancel) throw new Cancelled();
+    if (!r || r.cancel) throw new Cancelled();
   }
 
   /** Written inside the restore's transaction, so "completed" commits with the restore itself. */
@@ -229,13 +259,21 @@ export class Progress {
 
 /**
  * Cancels a pending or running restore: a pending one is marked cancelled at once; a running
- * one has its current statement interrupted and rolls back, then records cancelled. Returns the
- * status once the restore has stopped (or after a few seconds).
+ * one has its current statement interrupted and rolls back, then records cancelled. A running
+ * one that has not stopped after cancelEscalateMs (its session idle in its transaction, which a
+ * cancel does not reach: its process hung, or died without closing the connection) has its
+ * session ended, and is recorded cancelled here once that session is gone. The session is found
+ * by pid and backend_start, never by pid alone. Returns the status once the restore has stopped
+ * (or after a few seconds more).
  */
-export async function cancelRestore(sql: Sql, rollbackId: string): Promise<RestoreStatus> {
+export async function cancelRestore(
+  sql: Sql,
+  rollbackId: string,
+  escalateAfterMs = cancelEscalateMs(),
+): Promise<RestoreStatus> {
   const current = await getStatus(sql, rollbackId);
   if (current.status !== "pending" && current.status !== "running") return current;
-  const [r] = await sql<{ status: string; backend_pid: number | null }[]>`
+  const [r] = await sql<{ status: string }[]>`
     update public.backup_pitr_rollback_history
     set cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp()),
       status = case when status = 'pending' then 'cancelled' else status end,
@@ -245,20 +283,38 @@ export async function cancelRestore(sql: Sql, rollbackId: string): Promise<Resto
         else error_message end,
       completed_at = case when status = 'pending' then clock_timestamp() else completed_at end
     where id = ${rollbackId}
-    returning status, backend_pid`;
-  if (r.status === "running" && r.backend_pid) {
-    // Only a session of this service that is inside a transaction: the pid of a finished
-    // restore may belong to someone else by now.
-    await sql`select pg_cancel_backend(pid) from pg_stat_activity
-      where pid = ${r.backend_pid} and application_name = 'pitr' and xact_start is not null`;
-  }
-  for (let i = 0; i < 100; i++) {
+    returning status`;
+  if (r.status !== "running") return await getStatus(sql, rollbackId);
+  await signalRestoreSession(sql, rollbackId, "cancel");
+  const stopped = await stoppedWithin(sql, rollbackId, escalateAfterMs);
+  if (stopped) return stopped;
+  await signalRestoreSession(sql, rollbackId, "terminate");
+  const until = Date.now() + 2000;
+  for (;;) {
     const s = await getStatus(sql, rollbackId);
     if (s.status !== "running") return s;
-    await new Promise((ok) => setTimeout(ok, 50));
+    if (await restoreSessionAlive(sql, rollbackId) === false) {
+      // The server rolled the transaction back with the session; its process may never say so.
+      await new Progress(sql, rollbackId).failed("cancelled", "cancelled", CANCELLED, undefined);
+      return await getStatus(sql, rollbackId);
+    }
+    if (Date.now() >= until) return s;
+    await sleep(50);
   }
-  return await getStatus(sql, rollbackId);
 }
+
+/** The status once the restore is no longer running, or undefined after `ms`. */
+async function stoppedWithin(sql: Sql, rollbackId: string, ms: number) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const s = await getStatus(sql, rollbackId);
+    if (s.status !== "running") return s;
+    if (Date.now() >= until) return undefined;
+    await sleep(50);
+  }
+}
+
+const sleep = (ms: number) => new Promise((ok) => setTimeout(ok, ms));
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -283,6 +339,21 @@ export interface RestoreStatus {
   dependencies_added: Added[];
 }
 
+/**
+ * The tenant a restore belongs to, or undefined when there is no such restore: read alone, with no
+ * side effect, so that a caller is authorized before anything else is looked up or done.
+ */
+export async function restoreTenant(sql: Sql, rollbackId: string): Promise<string | undefined> {
+  if (!UUID.test(rollbackId)) return undefined;
+  const [r] = await sql<{ tenant_id: string }[]>`
+    select tenant_id from public.backup_pitr_rollback_history where id = ${rollbackId}`;
+  return r?.tenant_id;
+}
+
+export function restoreNotFound(rollbackId: string): NotFound {
+  return new NotFound("restore_not_found", `restore ${rollbackId} does not exist`);
+}
+
 export async function getStatus(sql: Sql, rollbackId: string): Promise<RestoreStatus> {
   if (UUID.test(rollbackId)) {
     await sql`select pitr.reap_abandoned(tenant_id, ${`${staleAfterMs()} milliseconds`}::interval)
@@ -293,7 +364,7 @@ export async function getStatus(sql: Sql, rollbackId: string): Promise<RestoreSt
     ? await sql`select *, extract(epoch from clock_timestamp() - started_at) as elapsed
         from public.backup_pitr_rollback_history where id = ${rollbackId}`
     : [];
-  if (!r) throw new NotFound("restore_not_found", `restore ${rollbackId} does not exist`);
+  if (!r) throw restoreNotFound(rollbackId);
   const pct = Number(r.progress_pct);
   const eta = r.status === "running" && pct > 0
     ? Math.round((Number(r.elapsed) * (100 - pct)) / pct)

@@ -97,6 +97,18 @@ export async function snapshotIn(tx: Db, request: SnapshotRequest): Promise<Snap
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+/** The tenant a snapshot belongs to, or undefined when there is none: read alone, to authorize. */
+export async function snapshotTenant(sql: Db, snapshotId: string): Promise<string | undefined> {
+  if (!UUID.test(snapshotId)) return undefined;
+  const [s] = await sql<{ tenant_id: string }[]>`
+    select tenant_id from public.backup_snapshots where id = ${snapshotId}`;
+  return s?.tenant_id;
+}
+
+export function snapshotNotFound(snapshotId: string): NotFound {
+  return new NotFound("snapshot_not_found", `snapshot ${snapshotId} does not exist`);
+}
+
 export async function getSnapshot(sql: Db, snapshotId: string): Promise<Snapshot> {
   const [s] = UUID.test(snapshotId)
     ? await sql<
@@ -111,7 +123,7 @@ export async function getSnapshot(sql: Db, snapshotId: string): Promise<Snapshot
     >`select id, tenant_id, label, kind, created_at, total_rows
       from public.backup_snapshots where id = ${snapshotId}`
     : [];
-  if (!s) throw new NotFound("snapshot_not_found", `snapshot ${snapshotId} does not exist`);
+  if (!s) throw snapshotNotFound(snapshotId);
   const tables = await sql<
     {
       id: string;
