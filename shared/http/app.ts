@@ -2,7 +2,7 @@
 // on Supabase). Handlers only parse, authorize and call the engine; they must never build SQL.
 import { Hono } from "hono";
 import { cors } from "hono/cors";
-import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
+import { configuredDatabaseUrl, connect, sessionsOf, type Sql } from "../db/client.ts";
 import { runDrills } from "../restore/drill.ts";
 import { Unprocessable } from "../restore/errors.ts";
 import { executeRestore } from "../restore/execute.ts";
@@ -152,6 +152,8 @@ export function createApp(deps: AppDeps): Hono {
     } else {
       s = await snapshotFor(c.var.principal, "write", body.snapshot_id);
     }
+    // A restore once recorded must not wait long for a session: refuse now if none could be had.
+    sessionsOf(sql).assertRoom();
     const { id, reused } = await startRestore(
       sql,
       c.var.principal,
@@ -330,9 +332,9 @@ export function appFromEnv(): Hono {
     });
     return app;
   }
-  // Two connections at least: the restore's transaction and its progress writes.
+  // PITR_MAX_CONNECTIONS for each instance: every instance of a function holds its own budget.
   return createApp({
-    sql: connect(url!, { max: 4 }),
+    sql: connect(url!),
     auth: authConfigFromEnv(),
     runInBackground: edgeOrInProcess,
   });

@@ -6,6 +6,7 @@ import { transaction } from "../db/transaction.ts";
 import { applySnapshot } from "./apply.ts";
 import { refreshForeignKeys } from "./catalog.ts";
 import { describeFailure } from "./failure.ts";
+import { tenantTurn } from "./lock.ts";
 import { Cancelled, getStatus, HEARTBEAT_MS, Progress, type RestoreStatus } from "./history.ts";
 
 export interface ExecuteOptions {
@@ -54,7 +55,7 @@ export async function executeRestore(
       });
       clearInterval(heartbeat);
       await progress.completedIn(tx, applied.tables);
-    });
+    }, { turn: tenantTurn(sql, pending.tenant_id, options.lockTimeoutMs ?? 5000), urgent: true });
   } catch (e) {
     const cancelled = e instanceof Cancelled || await progress.cancelRequested().catch(() => false);
     const f = cancelled

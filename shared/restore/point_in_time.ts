@@ -7,7 +7,7 @@ import { transaction } from "../db/transaction.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { BadRequest, PG, sqlState, Unprocessable } from "./errors.ts";
 import { type Plan, planRestore, type Strategy } from "./plan.ts";
-import { getSnapshot, lockTenantForSnapshot, type Snapshot } from "./snapshot.ts";
+import { consistentRead, getSnapshot, type Snapshot } from "./snapshot.ts";
 import type { Check } from "./validate.ts";
 
 export interface PointInTime {
@@ -66,10 +66,7 @@ export async function snapshotAtIn(tx: Db, request: PointInTime): Promise<Snapsh
 /** The state at `at`, kept: execute restores from it like from any snapshot. */
 export function snapshotAt(sql: Sql, request: PointInTime): Promise<Snapshot> {
   // One consistent read of the rows now and of the log.
-  return transaction(sql, (tx) => snapshotAtIn(tx, request), {
-    isolation: "repeatable read",
-    before: (session) => lockTenantForSnapshot(session, request.tenantId),
-  });
+  return transaction(sql, (tx) => snapshotAtIn(tx, request), consistentRead(sql, request.tenantId));
 }
 
 class RollBack extends Error {
@@ -89,10 +86,7 @@ export async function planAt(
       throw new RollBack(
         await planRestore(tx, { snapshotId: snapshot.snapshot_id, strategy: request.strategy }),
       );
-    }, {
-      isolation: "repeatable read",
-      before: (session) => lockTenantForSnapshot(session, request.tenantId),
-    });
+    }, consistentRead(sql, request.tenantId));
   } catch (e) {
     if (e instanceof RollBack) return { ...e.plan, at: request.at };
     throw e;
