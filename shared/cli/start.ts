@@ -1,16 +1,15 @@
 // `deno task start`: embedded PostgreSQL (when no database URL is set) + migrations + the local
 // server, then prints a service-role token and a curl example. It must never be how production
-// runs: the development secret below is public.
+// runs: the development secret is public, so it never listens beyond this machine with it.
 import { SignJWT } from "jose";
+import { budgetFromEnv, type BudgetSettings } from "../db/budget.ts";
 import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
 import { startEmbedded } from "../db/embedded.ts";
 import { migrate } from "../db/migrate.ts";
 import { transactionPoolerError, transactionPoolerReason } from "../http/pooler.ts";
 import { authConfigFromEnv } from "../http/auth.ts";
+import { DEV_JWT_SECRET, listenHost, urlHost } from "./host.ts";
 import { DEFAULT_PORT, serveApp } from "./serve.ts";
-
-/** The Supabase CLI's local JWT secret, so tokens of `supabase start` work here too. Public. */
-export const DEV_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long";
 
 export async function mintToken(
   secret: string,
@@ -34,25 +33,36 @@ async function loadDemoOnce(sql: Sql): Promise<boolean> {
   return true;
 }
 
+function fail(message: string): never {
+  console.error(`pitr start: ${message}`);
+  Deno.exit(1);
+}
+
 const configured = configuredDatabaseUrl();
 if (configured && transactionPoolerReason(configured)) {
-  console.error(
-    `pitr start: ${transactionPoolerError(transactionPoolerReason(configured)!).message}`,
-  );
-  Deno.exit(1);
+  fail(transactionPoolerError(transactionPoolerReason(configured)!).message);
+}
+const secret = Deno.env.get("SUPABASE_JWT_SECRET") || DEV_JWT_SECRET;
+let hostname: string;
+let budget: BudgetSettings;
+try {
+  // Before anything starts: a refused HOST leaves no embedded database running.
+  hostname = listenHost(Deno.env.get("HOST"), secret);
+  budget = budgetFromEnv();
+} catch (e) {
+  fail((e as Error).message);
 }
 const embedded = configured ? undefined : await startEmbedded(".pitr/pg", 54322);
 const url = configured ?? embedded!.url;
-const sql = connect(url, { max: 10 });
+const sql = connect(url);
 const applied = await migrate(sql);
 const demo = embedded ? await loadDemoOnce(sql) : false;
 
-const secret = Deno.env.get("SUPABASE_JWT_SECRET") || DEV_JWT_SECRET;
 const auth = { ...authConfigFromEnv(), jwtSecret: secret };
 const port = Number(Deno.env.get("PORT") ?? DEFAULT_PORT);
-const server = serveApp({ sql, auth, port });
+const server = serveApp({ sql, auth, port, hostname });
 const token = await mintToken(secret, { role: "service_role" });
-const base = `http://127.0.0.1:${server.addr.port}/functions/v1`;
+const base = `http://${urlHost(hostname)}:${server.addr.port}/functions/v1`;
 
 console.log(`pitr is running
   database   ${
@@ -64,6 +74,7 @@ console.log(`pitr is running
   demo ? "\n  demo data  tenants 101 and 102 (shared/cli/demo.sql)" : ""
 }
   functions  ${base}/<name>   (OpenAPI: ${base}/openapi.json)
+  budget     at most ${budget.connections} database connections (PITR_MAX_CONNECTIONS)
   jwt secret ${
   secret === DEV_JWT_SECRET
     ? "the public development secret (set SUPABASE_JWT_SECRET to change it)"
