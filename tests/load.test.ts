@@ -67,7 +67,8 @@ function watchConnections(application: string) {
   const loop = (async () => {
     while (running) {
       const [{ n }] = await monitor<{ n: number }[]>`
-        select count(*)::int as n from pg_stat_activity where application_name = ${application}`;
+        select count(*)::int as n from pg_stat_activity
+        where application_name = ${application} and backend_type = 'client backend'`;
       peak = Math.max(peak, n);
       await sleep(5);
     }

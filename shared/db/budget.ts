@@ -27,7 +27,7 @@ export function budgetFromEnv(): BudgetSettings {
   return {
     connections: positive("PITR_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS),
     queue: positive("PITR_QUEUE_MAX", 64),
-    waitMs: positive("PITR_QUEUE_WAIT_MS", 10_000),
+    waitMs: positive("PITR_QUEUE_WAIT_MS", 30_000),
   };
 }
 
@@ -40,15 +40,23 @@ function positive(name: string, fallback: number): number {
 }
 
 /**
- * The pool gets the larger half: it serves every short query (status, lists, plans, a restore's
- * progress), while each dedicated session runs one long set-based statement after another, and a
- * database with few cores gains nothing from more of those at once. A budget of 1 is a pool alone
- * (no session can be opened: the tools that use it run no transaction).
+ * Sessions get the larger half: everything that reads or writes whole tenants runs on one
+ * (snapshots, plans, validations, restores, drills), while the pool serves only short queries
+ * (status, lists, a restore's progress), which a couple of connections keep up with. A budget of
+ * 1 is a pool alone (no session can be opened: the tools that use it run no transaction).
  */
 export function split(connections: number): { pool: number; sessions: number } {
-  const sessions = Math.floor(connections / 2);
-  return { pool: connections - sessions, sessions };
+  const pool = Math.max(1, Math.floor(connections / 2));
+  return { pool, sessions: connections - pool };
 }
+
+/**
+ * The longest accepted work (a recorded restore, which goes ahead of new work) waits for a
+ * session: with its tenant's turn before it (up to PITR_LOCK_TIMEOUT_MS, 5 s), it starts well
+ * within the 30 s after which a pending restore that never started is reported abandoned
+ * (PITR_HEARTBEAT_STALE_MS).
+ */
+export const URGENT_WAIT_MS = 15_000;
 
 /** The gate every dedicated session passes: its slots are the budget's sessions. */
 export function sessionGate(sessions: number, settings: BudgetSettings): Gate {
@@ -56,12 +64,13 @@ export function sessionGate(sessions: number, settings: BudgetSettings): Gate {
     slots: sessions,
     queue: settings.queue,
     waitMs: settings.waitMs,
-    refuse: (reason, retryAfter) =>
+    urgentWaitMs: Math.min(settings.waitMs, URGENT_WAIT_MS),
+    refuse: (reason, retryAfter, waitedMs) =>
       new Busy(
         reason === "full"
           ? `${settings.queue} requests are already waiting for a database connection; ` +
             "nothing was done, try again later"
-          : `no database connection was free within ${settings.waitMs} ms ` +
+          : `no database connection was free within ${waitedMs} ms ` +
             `(PITR_MAX_CONNECTIONS = ${settings.connections}); nothing was done, try again later`,
         retryAfter,
       ),

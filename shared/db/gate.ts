@@ -11,8 +11,10 @@ export interface GateOptions {
   queue: number;
   /** How long a waiter waits for a slot before it is refused. */
   waitMs: number;
-  /** The error a refused waiter gets: the queue was full, or its wait ran out. */
-  refuse: (reason: "full" | "timeout", retryAfterSeconds: number) => Error;
+  /** How long an urgent waiter waits (by default as long as any other). */
+  urgentWaitMs?: number;
+  /** The error a refused waiter gets: the queue was full, or its wait of `waitedMs` ran out. */
+  refuse: (reason: "full" | "timeout", retryAfterSeconds: number, waitedMs: number) => Error;
 }
 
 interface Waiter {
@@ -48,12 +50,12 @@ export class Gate {
 
   /** Refuses at once when a new waiter would be refused: before work is accepted to wait later. */
   assertRoom(): void {
-    if (this.full) throw this.options.refuse("full", this.retryAfter());
+    if (this.full) throw this.options.refuse("full", this.retryAfter(), 0);
   }
 
   /**
    * Waits for a slot. `urgent` waiters (work already accepted, such as a recorded restore) go
-   * ahead of the others, in their own arrival order.
+   * ahead of the others, in their own arrival order, and wait `urgentWaitMs`.
    */
   acquire(options: { urgent?: boolean; waitMs?: number } = {}): Promise<Release> {
     if (this.options.slots < 1) {
@@ -62,12 +64,17 @@ export class Gate {
     if (this.held < this.options.slots && this.waiting.length === 0) {
       return Promise.resolve(this.take());
     }
-    if (this.waiting.length >= this.options.queue) {
-      return Promise.reject(this.options.refuse("full", this.retryAfter()));
+    const urgent = options.urgent ?? false;
+    // Accepted work is never refused for a full queue: it is checked before it is accepted
+    // (assertRoom), and there is at most one such waiter per tenant.
+    if (!urgent && this.waiting.length >= this.options.queue) {
+      return Promise.reject(this.options.refuse("full", this.retryAfter(), 0));
     }
+    const waitMs = options.waitMs ??
+      (urgent ? this.options.urgentWaitMs : undefined) ?? this.options.waitMs;
     return new Promise<Release>((resolve, reject) => {
       const waiter: Waiter = {
-        urgent: options.urgent ?? false,
+        urgent,
         grant: (release) => {
           clearTimeout(timer);
           resolve(release);
@@ -76,8 +83,8 @@ export class Gate {
       const timer = setTimeout(() => {
         const i = this.waiting.indexOf(waiter);
         if (i >= 0) this.waiting.splice(i, 1);
-        reject(this.options.refuse("timeout", this.retryAfter()));
-      }, options.waitMs ?? this.options.waitMs);
+        reject(this.options.refuse("timeout", this.retryAfter(), waitMs));
+      }, waitMs);
       const after = waiter.urgent ? this.waiting.findIndex((w) => !w.urgent) : -1;
       if (after >= 0) this.waiting.splice(after, 0, waiter);
       else this.waiting.push(waiter);

@@ -3,6 +3,7 @@
 import { Hono } from "hono";
 import { cors } from "hono/cors";
 import { configuredDatabaseUrl, connect, sessionsOf, type Sql } from "../db/client.ts";
+import { transaction } from "../db/transaction.ts";
 import { runDrills } from "../restore/drill.ts";
 import { Unprocessable } from "../restore/errors.ts";
 import { executeRestore } from "../restore/execute.ts";
@@ -112,7 +113,7 @@ export function createApp(deps: AppDeps): Hono {
     }
     const s = await snapshotFor(c.var.principal, "read", body.snapshot_id);
     const only = body.tables && pickTables(s.tables, body.tables, "a table of this snapshot");
-    return c.json(await validateSnapshot(sql, s.snapshot_id, only));
+    return c.json(await longRead(sql, (session) => validateSnapshot(session, s.snapshot_id, only)));
   });
 
   api.post("/pitr-plan", async (c) => {
@@ -129,11 +130,15 @@ export function createApp(deps: AppDeps): Hono {
       return c.json({ ...plan, snapshot_id: null });
     }
     await snapshotFor(c.var.principal, "read", body.snapshot_id);
-    const { steps: _s, foreignKeys: _f, ...plan } = await planRestore(sql, {
-      snapshotId: body.snapshot_id,
-      tables: body.tables,
-      strategy: body.strategy,
-    });
+    const { steps: _s, foreignKeys: _f, ...plan } = await longRead(
+      sql,
+      (session) =>
+        planRestore(session, {
+          snapshotId: body.snapshot_id,
+          tables: body.tables,
+          strategy: body.strategy,
+        }),
+    );
     return c.json(plan);
   });
 
@@ -226,6 +231,15 @@ export function createApp(deps: AppDeps): Hono {
   return app;
 }
 
+/**
+ * A plan or a validation reads a tenant's rows for as long as they take: on a session of the
+ * budget's (in a transaction of its own), so that the pool stays free for the short queries
+ * (status, lists, a running restore's progress) that would otherwise queue behind it.
+ */
+function longRead<T>(sql: Sql, fn: (session: Sql) => Promise<T>): Promise<T> {
+  return transaction(sql, fn);
+}
+
 function authorize(p: Principal, action: "read" | "write", tenantId: string) {
   requireAction(p, action);
   requireTenant(p, tenantId);
@@ -254,7 +268,9 @@ async function startRestore(
   idempotencyKey: string | undefined,
 ) {
   const chosen = pickTables(s.tables, body.tables, "a table of this snapshot");
-  const error = firstError(await validateSnapshot(sql, s.snapshot_id, chosen));
+  const error = firstError(
+    await longRead(sql, (session) => validateSnapshot(session, s.snapshot_id, chosen)),
+  );
   if (error) {
     throw new Unprocessable(
       error.check === "checksum" ? "snapshot_invalid" : "schema_incompatible",
