@@ -35,6 +35,11 @@ export interface ConnectOptions {
    * (PITR_MAX_CONNECTIONS by default); see split() for how they are shared.
    */
   max?: number;
+  /**
+   * How many of `max` are dedicated sessions, when not the usual split: 0 for a tool that runs
+   * no transaction() and wants every connection in its pool.
+   */
+  sessions?: number;
   /** Work that may wait for a session (PITR_QUEUE_MAX by default). */
   queue?: number;
   /** How long work waits for a session (PITR_QUEUE_WAIT_MS by default). */
@@ -50,7 +55,12 @@ export function connect(url: string, options: ConnectOptions = {}): Sql {
     queue: options.queue ?? env.queue,
     waitMs: options.waitMs ?? env.waitMs,
   };
-  const { pool, sessions } = split(settings.connections);
+  const { pool, sessions } = options.sessions === undefined
+    ? split(settings.connections)
+    : { pool: settings.connections - options.sessions, sessions: options.sessions };
+  if (pool < 1 || sessions < 0) {
+    throw new Error(`no pool left in a budget of ${settings.connections}`);
+  }
   const application = options.application ?? "pitr";
   const sql = postgres(url, clientOptions(pool, application));
   origins.set(sql, { url, application, sessions: sessionGate(sessions, settings) });
