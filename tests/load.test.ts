@@ -274,6 +274,63 @@ dbTest(
 );
 
 dbTest(
+  "snapshots of a tenant being restored wait behind the restore without a connection, then answer 201",
+  async () => {
+    Deno.env.set("PITR_LOCK_TIMEOUT_MS", "20000");
+    const snap = await takeSnapshot(sql, { tenantId: "808" });
+    const good = await digest(808);
+    await sql`update public.lessons set body = 'damaged' where tenant_id = 808`;
+    // A row the restore must rewrite stays locked by another session: the restore waits on it.
+    const holder = connect(db.url, { max: 1, application: "pitr_test_row_lock" });
+    const app = startService("behind_restore", { max: 6 });
+    let answers: Answer[];
+    let restored: Answer;
+    try {
+      await holder`begin`;
+      await holder`select 1 from public.lessons where tenant_id = 808 for update`;
+      const restore = call(app.base, "POST", "pitr-execute?wait=true", {
+        snapshot_id: snap.snapshot_id,
+      });
+      await until(
+        "the restore to wait on the row lock",
+        async () =>
+          await count(sql`select count(*) as n from pg_stat_activity
+          where application_name = ${app.application} and wait_event_type = 'Lock'
+            and wait_event <> 'advisory'`) === 1,
+      );
+      const pending = Array.from(
+        { length: 5 },
+        (_, i) => call(app.base, "POST", "pitr-snapshot", { tenant_id: "808", label: `r ${i}` }),
+      );
+      await sleep(300);
+      // Had they been given sessions, each would wait on the tenant's advisory lock.
+      assert.equal(
+        await count(sql`select count(*) as n from pg_stat_activity
+          where application_name = ${app.application} and wait_event = 'advisory'`),
+        0,
+      );
+      await holder`commit`;
+      restored = await restore;
+      answers = await Promise.all(pending);
+    } finally {
+      Deno.env.delete("PITR_LOCK_TIMEOUT_MS");
+      await holder.end();
+      await app.stop();
+    }
+    assert.equal(restored.body.status, "completed", JSON.stringify(restored.body.error));
+    assert.equal(await digest(808), good);
+    assert.deepEqual(answers.map((a) => a.status), Array(5).fill(201));
+    // Each snapshot was taken after the restore: it holds the restored rows.
+    for (const a of answers) {
+      assert.deepEqual(
+        a.body.tables.map((t: { checksum: string }) => t.checksum),
+        snap.tables.map((t) => t.checksum),
+      );
+    }
+  },
+);
+
+dbTest(
   "identical snapshot requests that wait together share one snapshot, taken after they arrived",
   async () => {
     const app = startService("coalesce", { max: 4 });
