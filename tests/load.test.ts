@@ -4,6 +4,7 @@
 // tenant holds no connection.
 import assert from "node:assert/strict";
 import { connect, sessionsOf } from "../shared/db/client.ts";
+import { appFromEnv } from "../shared/http/app.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { cleanup, dbTest, tenantDigest, testDatabase } from "./_db.ts";
 import { serveTestApp, token } from "./_http.ts";
@@ -411,6 +412,28 @@ dbTest(
         where tenant_id = '807' and label like 'b %'`),
       0,
     );
+  },
+);
+
+dbTest(
+  "a deployed function with PITR_MAX_CONNECTIONS that is not a whole number ≥ 1 answers 503 invalid_configuration",
+  async () => {
+    const saved = new Map(
+      ["SUPABASE_DB_URL", "PITR_MAX_CONNECTIONS"].map((n) => [n, Deno.env.get(n)]),
+    );
+    Deno.env.set("SUPABASE_DB_URL", db.url);
+    try {
+      for (const bad of ["0", "-3", "2.5", "many"]) {
+        Deno.env.set("PITR_MAX_CONNECTIONS", bad);
+        const res = await appFromEnv().request("/functions/v1/pitr-status?rollback_id=x");
+        assert.equal(res.status, 503, bad);
+        const body = await res.json();
+        assert.equal(body.error.code, "invalid_configuration");
+        assert.match(body.error.message, /PITR_MAX_CONNECTIONS must be a whole number/);
+      }
+    } finally {
+      for (const [n, v] of saved) v === undefined ? Deno.env.delete(n) : Deno.env.set(n, v);
+    }
   },
 );
 

@@ -2,6 +2,7 @@
 // on Supabase). Handlers only parse, authorize and call the engine; they must never build SQL.
 import { Hono } from "hono";
 import { cors } from "hono/cors";
+import { budgetFromEnv } from "../db/budget.ts";
 import { configuredDatabaseUrl, connect, sessionsOf, type Sql } from "../db/client.ts";
 import { transaction } from "../db/transaction.ts";
 import { runDrills } from "../restore/drill.ts";
@@ -328,10 +329,21 @@ export function edgeOrInProcess(work: Promise<unknown>) {
   }
 }
 
+/** PITR_MAX_CONNECTIONS and the queue settings, when one of them is not a whole number ≥ 1. */
+function budgetError(): Unavailable | undefined {
+  try {
+    budgetFromEnv();
+    return undefined;
+  } catch (e) {
+    return new Unavailable("invalid_configuration", (e as Error).message);
+  }
+}
+
 /**
  * The app as a deployed function builds it: database from SUPABASE_DB_URL / DATABASE_URL, keys
- * from SUPABASE_JWT_SECRET / SUPABASE_URL. A missing database or a transaction pooler answers
- * every call with a clear 503 rather than failing at boot with an opaque error.
+ * from SUPABASE_JWT_SECRET / SUPABASE_URL. A missing database, a transaction pooler or an invalid
+ * connection budget answers every call with a clear 503 rather than failing at boot with an opaque
+ * error.
  */
 export function appFromEnv(): Hono {
   const url = configuredDatabaseUrl();
@@ -339,7 +351,7 @@ export function appFromEnv(): Hono {
     ? new Unavailable("no_database", "set SUPABASE_DB_URL or DATABASE_URL")
     : transactionPoolerReason(url)
     ? transactionPoolerError(transactionPoolerReason(url)!)
-    : undefined;
+    : budgetError();
   if (refusal) {
     const app = new Hono();
     app.onError(onError);
