@@ -1,6 +1,6 @@
 // The connection budget of one service process: its pool and every dedicated session (snapshots,
-// restores, drills) drawn from one number, PITR_MAX_CONNECTIONS. It must never let the process
-// hold more connections than that, nor hold one while work waits for its turn.
+// plans, validations, restores, drills) drawn from one number, PITR_MAX_CONNECTIONS. It must never
+// let the process hold more connections than that, nor hold one while work waits for its turn.
 import { PitrError } from "../restore/errors.ts";
 import { Gate } from "./gate.ts";
 
