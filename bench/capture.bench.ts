@@ -292,7 +292,8 @@ async function main(): Promise<number> {
   let report: Report | undefined;
   try {
     await admin`create database ${admin(name)}`;
-    sql = connect(withDatabase(adminUrl, name), { max: CLIENTS + 1 });
+    // Every connection in the pool: the clients reserve theirs, and nothing opens a session.
+    sql = connect(withDatabase(adminUrl, name), { max: CLIENTS + 1, sessions: 0 });
     report = await run(sql);
   } catch (e) {
     console.error("[bench:capture] failed:", e);

@@ -1,10 +1,12 @@
-// `deno task serve`: one local server on PORT (default 54321) with every function at
+// `deno task serve`: one local server on HOST:PORT (default 127.0.0.1:54321) with every function at
 // /functions/v1/<name>, the paths they have on Supabase. It must never start on a transaction
-// pooler or without a key to verify tokens with.
+// pooler, without a key to verify tokens with, or beyond this machine with the development secret.
+import { budgetFromEnv, type BudgetSettings } from "../db/budget.ts";
 import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
 import { createApp } from "../http/app.ts";
 import { type AuthConfig, authConfigFromEnv } from "../http/auth.ts";
 import { transactionPoolerError, transactionPoolerReason } from "../http/pooler.ts";
+import { DEFAULT_HOST, listenHost, urlHost } from "./host.ts";
 
 export const DEFAULT_PORT = 54321;
 
@@ -14,7 +16,7 @@ export function serveApp(
   const app = createApp({ sql: options.sql, auth: options.auth });
   return Deno.serve({
     port: options.port ?? DEFAULT_PORT,
-    hostname: options.hostname ?? "127.0.0.1",
+    hostname: options.hostname ?? DEFAULT_HOST,
     onListen: () => {},
   }, app.fetch);
 }
@@ -38,7 +40,19 @@ if (import.meta.main) {
   if (!auth.jwtSecret && !auth.jwks && !auth.serviceKeys?.length) {
     fail("no key to verify tokens with: set SUPABASE_JWT_SECRET and/or SUPABASE_URL");
   }
+  let hostname: string;
+  let budget: BudgetSettings;
+  try {
+    hostname = listenHost(Deno.env.get("HOST"), auth.jwtSecret);
+    budget = budgetFromEnv();
+  } catch (e) {
+    fail((e as Error).message);
+  }
   const port = Number(Deno.env.get("PORT") ?? DEFAULT_PORT);
-  const server = serveApp({ sql: connect(url, { max: 10 }), auth, port, hostname: "0.0.0.0" });
-  console.log(`pitr listening on http://127.0.0.1:${server.addr.port}/functions/v1/`);
+  // The pool and every dedicated session within PITR_MAX_CONNECTIONS.
+  const server = serveApp({ sql: connect(url), auth, port, hostname });
+  console.log(
+    `pitr listening on http://${urlHost(hostname)}:${server.addr.port}/functions/v1/ ` +
+      `(at most ${budget.connections} database connections)`,
+  );
 }

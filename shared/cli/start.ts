@@ -1,17 +1,16 @@
 // `deno task start`: embedded PostgreSQL (when no database URL is set) + migrations + the local
 // server, then prints a service-role token and a curl example. It must never be how production
-// runs: the development secret below is public.
+// runs: the development secret is public, so it never listens beyond this machine with it.
 import { SignJWT } from "jose";
 import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
+import { budgetFromEnv, type BudgetSettings } from "../db/budget.ts";
 import { DataDirInUse, EmbeddedUnavailable, startEmbedded } from "../db/embedded.ts";
 import { migrate } from "../db/migrate.ts";
 import { applySupabaseDefaults } from "../db/supabase_defaults.ts";
 import { transactionPoolerError, transactionPoolerReason } from "../http/pooler.ts";
 import { authConfigFromEnv } from "../http/auth.ts";
 import { DEFAULT_PORT, serveApp } from "./serve.ts";
-
-/** The Supabase CLI's local JWT secret, so tokens of `supabase start` work here too. Public. */
-export const DEV_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long";
+import { DEV_JWT_SECRET, listenHost, urlHost } from "./host.ts";
 
 export async function mintToken(
   secret: string,
@@ -46,6 +45,16 @@ if (configured && transactionPoolerReason(configured)) {
   fail(transactionPoolerError(transactionPoolerReason(configured)!).message);
 }
 const port = Number(Deno.env.get("PORT") ?? DEFAULT_PORT);
+const secret = Deno.env.get("SUPABASE_JWT_SECRET") || DEV_JWT_SECRET;
+let hostname: string;
+let budget: BudgetSettings;
+try {
+  // Before anything starts: a refused HOST leaves no embedded database running.
+  hostname = listenHost(Deno.env.get("HOST"), secret);
+  budget = budgetFromEnv();
+} catch (e) {
+  fail((e as Error).message);
+}
 const embedded = configured ? undefined : await startEmbedded(".pitr/pg", 54322).catch((e) => {
   if (e instanceof DataDirInUse) {
     fail(`already running: ${e.message}; stop the other \`deno task start\` (Ctrl-C) first`);
@@ -54,17 +63,16 @@ const embedded = configured ? undefined : await startEmbedded(".pitr/pg", 54322)
   fail(`the embedded PostgreSQL did not start: ${(e as Error).message}`);
 });
 const url = configured ?? embedded!.url;
-const sql = connect(url, { max: 10 });
+const sql = connect(url);
 // The embedded database is set up as a new Supabase project is, so it exposes what one would.
 if (embedded) await applySupabaseDefaults(sql);
 const applied = await migrate(sql);
 const demo = embedded ? await loadDemoOnce(sql) : false;
 
-const secret = Deno.env.get("SUPABASE_JWT_SECRET") || DEV_JWT_SECRET;
 const auth = { ...authConfigFromEnv(), jwtSecret: secret };
 let server: Deno.HttpServer<Deno.NetAddr>;
 try {
-  server = serveApp({ sql, auth, port });
+  server = serveApp({ sql, auth, port, hostname });
 } catch (e) {
   await sql.end({ timeout: 5 });
   await embedded?.stop();
@@ -74,7 +82,7 @@ try {
   );
 }
 const token = await mintToken(secret, { role: "service_role" });
-const base = `http://127.0.0.1:${server.addr.port}/functions/v1`;
+const base = `http://${urlHost(hostname)}:${server.addr.port}/functions/v1`;
 
 console.log(`pitr is running
   database   ${
@@ -88,6 +96,7 @@ console.log(`pitr is running
   demo ? "\n  demo data  tenants 101 and 102 (shared/cli/demo.sql)" : ""
 }
   functions  ${base}/<name>   (OpenAPI: ${base}/openapi.json)
+  budget     at most ${budget.connections} database connections (PITR_MAX_CONNECTIONS)
   jwt secret ${
   secret === DEV_JWT_SECRET
     ? "the public development secret (set SUPABASE_JWT_SECRET to change it)"

@@ -13,7 +13,7 @@
 // gone: the connection closed, the factory was asked for a second socket, or abort() (the
 // restore's heartbeat found the backend gone from pg_stat_activity).
 import net from "node:net";
-import { connect, type Sql } from "./client.ts";
+import { sessionClient, type Sql } from "./client.ts";
 
 /** The code of the error every wait on an ended session rejects with (see isConnectionLost). */
 export const SESSION_ENDED = "PITR_SESSION_ENDED";
@@ -44,7 +44,8 @@ interface SocketOptions {
   path: string | false;
 }
 
-export function openSession(url: string): Session {
+/** A session of `sql`'s database: its connection is opened here and counted by the caller. */
+export function openSession(pool: Sql): Session {
   let opened = false;
   let closing = false;
   let lostReason: string | undefined;
@@ -53,11 +54,7 @@ export function openSession(url: string): Session {
   // Nobody need listen: the session's queries carry the same failure.
   ended.catch(() => {});
 
-  const sql: Sql = connect(url, {
-    max: 1,
-    // postgres.js would otherwise close the connection after 30 to 60 minutes, between two
-    // statements of a long restore.
-    maxLifetime: null,
+  const sql: Sql = sessionClient(pool, {
     socket: (o: SocketOptions) => {
       if (opened) {
         lose("the session's connection closed; its transaction cannot move to a new one");

@@ -1,11 +1,12 @@
-// A transaction on a session of its own (shared/db/session.ts), opened for it and closed after.
+// A transaction on a session of its own (shared/db/session.ts), opened for it and closed after,
+// counted in the process's connection budget.
 // It must never write to a connection the server has closed, nor outlive its session: postgres.js's
 // sql.begin() sends ROLLBACK after any error, and a pooled or reserved connection terminated under
 // it (pg_terminate_backend, a server restart) is reused in a state where the next write throws
 // from a timer under Deno and takes the whole process down. The server has already rolled back
 // such a transaction, so nothing is sent on it again, and the caller learns at once.
-import type { Sql } from "./client.ts";
-import { urlOf } from "./client.ts";
+import { sessionsOf, type Sql } from "./client.ts";
+import type { Release } from "./gate.ts";
 import { openSession, SESSION_ENDED, SessionEnded } from "./session.ts";
 
 const CONNECTION_LOST = new Set([
@@ -25,6 +26,13 @@ export function isConnectionLost(error: unknown): boolean {
 
 export interface TransactionOptions {
   isolation?: "read committed" | "repeatable read";
+  /**
+   * Waits for the work's turn in this process (a tenant's queue, restore/lock.ts) before a
+   * session is taken, so that work queued behind other work holds no connection.
+   */
+  turn?: () => Promise<Release>;
+  /** Work already accepted (a recorded restore): it goes ahead of new work waiting for a session. */
+  urgent?: boolean;
   /** Runs on the session before BEGIN (a session lock the transaction's snapshot must follow). */
   before?: (session: Sql) => Promise<void>;
   /** Ends the session when aborted (its backend is gone): the transaction fails at once. */
@@ -36,7 +44,27 @@ export async function transaction<T>(
   fn: (tx: Sql) => Promise<T>,
   options: TransactionOptions = {},
 ): Promise<T> {
-  const session = openSession(urlOf(sql));
+  const endTurn = await options.turn?.();
+  try {
+    const release = await sessionsOf(sql).acquire({ urgent: options.urgent });
+    try {
+      return await inSession(sql, fn, options);
+    } finally {
+      // Given back only once the session's connection is closed (inSession waited for it), so
+      // that the next session never overlaps it.
+      release();
+    }
+  } finally {
+    endTurn?.();
+  }
+}
+
+async function inSession<T>(
+  sql: Sql,
+  fn: (tx: Sql) => Promise<T>,
+  options: TransactionOptions,
+): Promise<T> {
+  const session = openSession(sql);
   const abort = () => session.abort(String(options.signal?.reason ?? "the session was ended"));
   if (options.signal?.aborted) abort();
   options.signal?.addEventListener("abort", abort);

@@ -2,7 +2,9 @@
 // on Supabase). Handlers only parse, authorize and call the engine; they must never build SQL.
 import { type Context, Hono } from "hono";
 import { cors } from "hono/cors";
-import { configuredDatabaseUrl, connect, type Sql } from "../db/client.ts";
+import { budgetFromEnv } from "../db/budget.ts";
+import { configuredDatabaseUrl, connect, sessionsOf, type Sql } from "../db/client.ts";
+import { transaction } from "../db/transaction.ts";
 import { diffPage, diffPageAt } from "../restore/diff.ts";
 import { runDrills } from "../restore/drill.ts";
 import { Unprocessable } from "../restore/errors.ts";
@@ -167,7 +169,7 @@ export function createApp(deps: AppDeps): Hono {
     }
     const s = await snapshotFor(c, "read", body.snapshot_id);
     const only = body.tables && pickTables(s.tables, body.tables, "a table of this snapshot");
-    return c.json(await validateSnapshot(sql, s.snapshot_id, only));
+    return c.json(await longRead(sql, (session) => validateSnapshot(session, s.snapshot_id, only)));
   });
 
   api.post("/pitr-plan", async (c) => {
@@ -223,6 +225,8 @@ export function createApp(deps: AppDeps): Hono {
     } else {
       s = await snapshotFor(c, "write", body.snapshot_id);
     }
+    // A restore once recorded must not wait long for a session: refuse now if none could be had.
+    sessionsOf(sql).assertRoom();
     const { id, reused } = await startRestore(
       sql,
       c.var.principal,
@@ -328,6 +332,15 @@ function requestLine(c: Context, ms: number): string {
   return `${c.req.method} ${path} ${c.res.status} ${Math.round(ms)}ms${ids}`;
 }
 
+/**
+ * A plan or a validation reads a tenant's rows for as long as they take: on a session of the
+ * budget's (in a transaction of its own), so that the pool stays free for the short queries
+ * (status, lists, a running restore's progress) that would otherwise queue behind it.
+ */
+function longRead<T>(sql: Sql, fn: (session: Sql) => Promise<T>): Promise<T> {
+  return transaction(sql, fn);
+}
+
 function authorize(p: Principal, action: "read" | "write", tenantId: string) {
   requireAction(p, action);
   requireTenant(p, tenantId);
@@ -356,7 +369,9 @@ async function startRestore(
   idempotencyKey: string | undefined,
 ) {
   const chosen = pickTables(s.tables, body.tables, "a table of this snapshot");
-  const error = firstError(await validateSnapshot(sql, s.snapshot_id, chosen));
+  const error = firstError(
+    await longRead(sql, (session) => validateSnapshot(session, s.snapshot_id, chosen)),
+  );
   if (error) {
     throw new Unprocessable(
       error.check === "checksum" ? "snapshot_invalid" : "schema_incompatible",
@@ -400,13 +415,12 @@ async function startRestore(
 }
 
 /**
- * A plan made in a transaction that is rolled back: a selective plan keeps its choice in
- * temporary tables, which live only inside one.
+ * A plan, on a session of the budget's like any long read (see longRead), in a transaction that
+ * is rolled back: it changes nothing, and a selective plan keeps its choice in temporary tables,
+ * which live only inside one.
  */
 function planInTransaction(sql: Sql, request: PlanRequest) {
-  return request.strategy === "selective"
-    ? inRolledBackTransaction(sql, (tx) => planRestore(tx, request))
-    : planRestore(sql, request);
+  return inRolledBackTransaction(sql, (tx) => planRestore(tx, request));
 }
 
 function sourceKey(source: Source): string[] {
@@ -445,10 +459,21 @@ export function edgeOrInProcess(work: Promise<unknown>) {
   }
 }
 
+/** PITR_MAX_CONNECTIONS and the queue settings, when one of them is not a whole number ≥ 1. */
+function budgetError(): Unavailable | undefined {
+  try {
+    budgetFromEnv();
+    return undefined;
+  } catch (e) {
+    return new Unavailable("invalid_configuration", (e as Error).message);
+  }
+}
+
 /**
  * The app as a deployed function builds it: database from SUPABASE_DB_URL / DATABASE_URL, keys
- * from SUPABASE_JWT_SECRET / SUPABASE_URL. A missing database or a transaction pooler answers
- * every call with a clear 503 rather than failing at boot with an opaque error.
+ * from SUPABASE_JWT_SECRET / SUPABASE_URL. A missing database, a transaction pooler or an invalid
+ * connection budget answers every call with a clear 503 rather than failing at boot with an opaque
+ * error.
  */
 export function appFromEnv(): Hono {
   const url = configuredDatabaseUrl();
@@ -456,7 +481,7 @@ export function appFromEnv(): Hono {
     ? new Unavailable("no_database", "set SUPABASE_DB_URL or DATABASE_URL")
     : transactionPoolerReason(url)
     ? transactionPoolerError(transactionPoolerReason(url)!)
-    : undefined;
+    : budgetError();
   if (refusal) {
     const app = new Hono();
     app.onError(onError);
@@ -465,9 +490,9 @@ export function appFromEnv(): Hono {
     });
     return app;
   }
-  // Two connections at least: the restore's transaction and its progress writes.
+  // PITR_MAX_CONNECTIONS for each instance: every instance of a function holds its own budget.
   return createApp({
-    sql: connect(url!, { max: 4 }),
+    sql: connect(url!),
     auth: authConfigFromEnv(),
     runInBackground: edgeOrInProcess,
   });

@@ -2,6 +2,7 @@
 // It must never put SQL text, query parameters or row values into an answer or a log line.
 import type { Context } from "hono";
 import { HTTPException } from "hono/http-exception";
+import { Busy } from "../db/budget.ts";
 import { PG, PitrError, sqlState } from "../restore/errors.ts";
 import { RestoreInProgress } from "../restore/history.ts";
 
@@ -48,6 +49,12 @@ export function onError(err: Error, c: Context): Response {
   }
   if (err instanceof PitrError && err.status < 500) {
     return c.json(errorBody(err.code, err.message, err.details), err.status as 400);
+  }
+  if (err instanceof Busy) {
+    // Nothing was done: the caller may send the same request again after this many seconds.
+    return c.json(errorBody(err.code, err.message), 503, {
+      "Retry-After": String(err.retryAfterSeconds),
+    });
   }
   if (err instanceof PitrError && err.status === 503) {
     return c.json(errorBody(err.code, err.message), 503);

@@ -5,6 +5,7 @@ import { transaction } from "../db/transaction.ts";
 import { applySnapshot } from "./apply.ts";
 import { refreshForeignKeys } from "./catalog.ts";
 import { describeFailure } from "./failure.ts";
+import { tenantTurn } from "./lock.ts";
 
 export interface DrillResult {
   tenant_id: string;
@@ -14,6 +15,9 @@ export interface DrillResult {
   rows: number;
   message: string;
 }
+
+/** How long a drill waits for the tenant's turn, as applySnapshot waits for its lock. */
+const LOCK_WAIT_MS = 5000;
 
 class RollBack extends Error {
   constructor(readonly rows: number, readonly tables: number) {
@@ -56,7 +60,7 @@ async function drillTenant(sql: Sql, tenantId: string): Promise<DrillResult> {
           applied.plan.steps.reduce((n, t) => n + t.rows, 0),
           applied.tables.length,
         );
-      });
+      }, { turn: tenantTurn(sql, tenantId, LOCK_WAIT_MS) });
       throw new Error("unreachable: a drill transaction committed");
     } catch (e) {
       if (e instanceof RollBack) {

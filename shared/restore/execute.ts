@@ -8,6 +8,7 @@ import { type ApplyPhase, applySnapshot } from "./apply.ts";
 import type { Choice } from "./select.ts";
 import { refreshForeignKeys } from "./catalog.ts";
 import { describeFailure } from "./failure.ts";
+import { tenantTurn } from "./lock.ts";
 import {
   CANCELLED,
   Cancelled,
@@ -108,7 +109,11 @@ export async function executeRestore(
       });
       await progress.completedIn(tx, applied.tables);
       await phase("commit");
-    }, { signal: sessionGone.signal });
+    }, {
+      signal: sessionGone.signal,
+      turn: tenantTurn(sql, pending.tenant_id, options.lockTimeoutMs ?? 5000),
+      urgent: true,
+    });
   } catch (e) {
     const cancelled = e instanceof Cancelled || await progress.cancelRequested().catch(() => false);
     const f = cancelled

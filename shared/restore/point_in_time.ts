@@ -7,7 +7,7 @@ import { transaction } from "../db/transaction.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { BadRequest, PG, sqlState, Unprocessable } from "./errors.ts";
 import { type Plan, type PlanRequest, planRestore } from "./plan.ts";
-import { ensureStores, getSnapshot, lockTenantForSnapshot, type Snapshot } from "./snapshot.ts";
+import { consistentRead, ensureStores, getSnapshot, type Snapshot } from "./snapshot.ts";
 import type { Check } from "./validate.ts";
 
 export interface PointInTime {
@@ -76,10 +76,7 @@ export async function snapshotAtIn(
 /** The state at `at`, kept: execute restores from it like from any snapshot. */
 export function snapshotAt(sql: Sql, request: PointInTime): Promise<Snapshot> {
   // One consistent read of the rows now and of the log.
-  return transaction(sql, (tx) => snapshotAtIn(tx, request), {
-    isolation: "repeatable read",
-    before: (session) => lockTenantForSnapshot(session, request.tenantId),
-  });
+  return transaction(sql, (tx) => snapshotAtIn(tx, request), consistentRead(sql, request.tenantId));
 }
 
 class RollBack extends Error {

@@ -1,8 +1,8 @@
 // Takes a tenant's snapshot: every protected table (or a chosen few) in one consistent read,
 // copied inside the database with checksums. It must never move rows through this process.
 import type { Db, Sql } from "../db/client.ts";
-import { transaction } from "../db/transaction.ts";
-import { lockTenant } from "./lock.ts";
+import { transaction, type TransactionOptions } from "../db/transaction.ts";
+import { lockTenant, tenantTurn } from "./lock.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { NotFound, Unprocessable } from "./errors.ts";
 
@@ -37,12 +37,34 @@ export interface Snapshot {
   tables: SnapshotTable[];
 }
 
+/** Per client, the snapshot runs still waiting for their turn, by request. */
+const waiting = new WeakMap<Sql, Map<string, Promise<Snapshot>>>();
+
 /**
- * Snapshot in its own REPEATABLE READ transaction: one consistent read across tables. A snapshot
- * with no row at all is most often a mistyped tenant id; it is rolled back unless `allowEmpty`.
+ * Snapshot in its own REPEATABLE READ transaction: one consistent read across tables. Identical
+ * requests that wait together share the one snapshot taken when their turn comes: it is taken
+ * after each of them arrived, so it is as good as their own. A snapshot with no row at all is
+ * most often a mistyped tenant id; it is rolled back unless `allowEmpty`.
  */
 export function takeSnapshot(sql: Sql, request: SnapshotRequest): Promise<Snapshot> {
-  return transaction(sql, async (tx) => {
+  let queued = waiting.get(sql);
+  if (!queued) waiting.set(sql, queued = new Map());
+  const key = JSON.stringify([
+    request.tenantId,
+    request.tables ?? null,
+    request.label ?? null,
+    request.kind ?? "manual",
+    request.createdBy ?? null,
+    request.allowEmpty ?? false,
+  ]);
+  const joined = queued.get(key);
+  if (joined) return joined;
+  const options = consistentRead(sql, request.tenantId);
+  // Called only once the run below has begun waiting, so `run` is set by then.
+  const forget = () => {
+    if (queued.get(key) === run) queued.delete(key);
+  };
+  const run = transaction(sql, async (tx) => {
     const s = await snapshotIn(tx, request);
     if (s.total_rows === 0 && !request.allowEmpty) {
       throw new Unprocessable(
@@ -54,16 +76,17 @@ export function takeSnapshot(sql: Sql, request: SnapshotRequest): Promise<Snapsh
     }
     return s;
   }, {
-    isolation: "repeatable read",
-    before: (session) => lockTenantForSnapshot(session, request.tenantId),
+    ...options,
+    // Once its turn has come, the run is under way: later requests wait for the next one.
+    turn: () => options.turn!().finally(forget),
   });
+  queued.set(key, run);
+  run.catch(forget);
+  return run;
 }
 
-/** Snapshots of a tenant wait for each other and for its restores (each compares with the last). */
-export async function lockTenantForSnapshot(session: Sql, tenantId: string) {
-  await session`select set_config('lock_timeout', ${`${SNAPSHOT_LOCK_WAIT_MS}ms`}, false)`;
-  await lockTenant(session, tenantId, "session");
-  await ensureStores(session);
+function snapshotLockWaitMs(): number {
+  return Number(Deno.env.get("PITR_SNAPSHOT_LOCK_WAIT_MS") ?? 30_000);
 }
 
 /**
@@ -75,7 +98,28 @@ export async function ensureStores(session: Sql) {
   await session`select pitr.store_for(relid) from pitr.protected_tables`;
 }
 
-const SNAPSHOT_LOCK_WAIT_MS = Number(Deno.env.get("PITR_SNAPSHOT_LOCK_WAIT_MS") ?? 30_000);
+/**
+ * transaction() options for work that reads a tenant in one REPEATABLE READ snapshot and writes
+ * its snapshots (a snapshot, a point-in-time state): it waits for the tenant's turn in this
+ * process without a connection, then for the tenant's advisory lock, against other processes,
+ * before the transaction begins (so it sees what the previous holder committed); both within
+ * PITR_SNAPSHOT_LOCK_WAIT_MS, then 409 tenant_busy.
+ */
+export function consistentRead(sql: Sql, tenantId: string): TransactionOptions {
+  const waitMs = snapshotLockWaitMs();
+  const deadline = Date.now() + waitMs;
+  return {
+    isolation: "repeatable read",
+    turn: tenantTurn(sql, tenantId, waitMs),
+    before: async (session) => {
+      // At least 1 ms: a lock_timeout of 0 would wait forever.
+      const timeout = `${Math.max(1, deadline - Date.now())}ms`;
+      await session`select set_config('lock_timeout', ${timeout}, false)`;
+      await lockTenant(session, tenantId, "session");
+      await ensureStores(session);
+    },
+  };
+}
 
 /** Snapshot inside a transaction the caller holds (the restore's undo snapshot). */
 export async function snapshotIn(tx: Db, request: SnapshotRequest): Promise<Snapshot> {
