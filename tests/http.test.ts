@@ -231,6 +231,7 @@ dbTest(
     assert.equal(p.status, 200);
     assert.deepEqual(Object.keys(p.body).sort(), [
       "cycles",
+      "dependencies_added",
       "order",
       "snapshot_id",
       "strategy",
