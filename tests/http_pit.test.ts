@@ -95,6 +95,7 @@ dbTest(
     assert.deepEqual(Object.keys(r.body).sort(), [
       "at",
       "cycles",
+      "dependencies_added",
       "order",
       "snapshot_id",
       "strategy",
