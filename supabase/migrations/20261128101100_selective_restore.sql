@@ -209,8 +209,8 @@ begin
     return query execute format('select %1$L, %2$s, %3$s from %4$s l
         where %5$s and exists (select from %6$s t join %7$s w on w.sctid = t.pitr_ctid
           where %8$s and not (%9$s))',
-      (select format('%s.%s', table_schema, table_name) from pitr.backup_snapshot_tables
-        where id = p_snapshot_table),
+      (select format('%s.%s', st.table_schema, st.table_name) from pitr.backup_snapshot_tables st
+        where st.id = p_snapshot_table),
       pitr.key_object_sql(r, 'l'), r.tenant_pred, r.live, v_untouched, pitr.target_sql(r),
       r.writes, pitr.join_on(v_index.cols, 't', 'l'), pitr.join_on(r.pk, 't', 'l'));
   end loop;
