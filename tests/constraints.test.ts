@@ -33,11 +33,12 @@ await sql.unsafe(`
     quota shop.small_positive, pair shop.money_pair, lvls shop.level[]);
   create table shop.refs (id bigint primary key, tenant_id text not null, a int, b int);
   create table shop.ref_targets (a int, b int, tenant_id text not null, primary key (a, b));
+  create table shop.prices (amount numeric primary key, tenant_id text not null, note text);
   create table shop.tickets (id text primary key, tenant_id text not null,
     num bigint generated always as identity);
   insert into pitr.backup_protected_tables (table_schema, table_name)
   select 'shop', t from unnest(array['plans', 'subscriptions', 'members', 'visits', 'settings',
-    'refs', 'ref_targets', 'tickets']) t;
+    'refs', 'ref_targets', 'tickets', 'prices']) t;
 `);
 
 async function restore(snapshotId: string, tenant: string, tables?: string[]) {

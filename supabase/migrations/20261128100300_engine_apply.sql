@@ -58,10 +58,11 @@ begin
       else format('l.%I::%s', c.name, s.col ->> 'store') end order by s.ord),
     coalesce(array_agg(format('%I', c.name) order by s.ord)
       filter (where not c.identity_always and c.name <> all (v_pk)), '{}'),
-    -- In a unique index or exclusion constraint, or GENERATED ALWAYS (an UPDATE cannot set it).
+    -- In a unique index or exclusion constraint, GENERATED ALWAYS (an UPDATE cannot set it), or
+    -- the key itself: a key equal but not identical (1.0 and 1.00) matches, yet must be rewritten.
     coalesce(array_agg(format('%I', c.name) order by s.ord)
-      filter (where (c.name = any (pitr.unique_columns(r.relid)) or c.identity_always)
-        and c.name <> all (v_pk)), '{}'),
+      filter (where c.name = any (pitr.unique_columns(r.relid)) or c.identity_always
+        or c.name = any (v_pk)), '{}'),
     coalesce(bool_or(c.identity_always), false),
     count(*) = jsonb_array_length(v_st.columns) and bool_and(c.type = s.col ->> 'type')
   into r.cols, r.exprs, r.live_exprs, r.upd, r.reinsert, r.overriding, r.exact
@@ -141,7 +142,8 @@ $$;
 -- by row, so two rows that swap their values (or any permutation) could not be updated one after
 -- the other. Its old image in .deletes also tells the FK checks which referenced keys went away.
 -- A GENERATED ALWAYS identity value that differs is restored the same way (only an INSERT can
--- write one, with OVERRIDING SYSTEM VALUE).
+-- write one, with OVERRIDING SYSTEM VALUE), and so is a key equal to the snapshot's but not
+-- identical (1.0 against 1.00: the rows match, but an UPDATE never sets the key).
 create function pitr.table_diff(p_snapshot_table bigint, p_strategy text,
   p_materialize boolean default false)
 returns table (ins bigint, upd bigint, del bigint, unchanged bigint, conflicts bigint)
