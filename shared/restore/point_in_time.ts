@@ -56,16 +56,20 @@ export async function snapshotAtIn(
     values (${request.tenantId}, ${`as of ${request.at}`}, 'point_in_time')
     returning id`;
   const storeTenant = options.preview ? `preview:${created.id}` : null;
-  try {
-    for (const [position, t] of tables.entries()) {
+  for (const [position, t] of tables.entries()) {
+    try {
       await tx`select pitr.snapshot_table_at(${created.id}, ${position}, ${t.relid}::oid,
         ${request.at}::text::timestamptz, ${storeTenant})`;
+    } catch (e) {
+      if (sqlState(e) === PG.PITR_INCOMPATIBLE) {
+        throw new Unprocessable("no_change_log", (e as Error).message, t.name);
+      }
+      // A schema change of the table after `at`: its message names the table and the DDL.
+      if (sqlState(e) === PG.PITR_SCHEMA_CHANGED) {
+        throw new Unprocessable("schema_incompatible", (e as Error).message, t.name);
+      }
+      throw e;
     }
-  } catch (e) {
-    if (sqlState(e) === PG.PITR_INCOMPATIBLE) {
-      throw new Unprocessable("no_change_log", (e as Error).message);
-    }
-    throw e;
   }
   await tx`update public.backup_snapshots s set total_rows = (
       select coalesce(sum(row_count), 0) from pitr.backup_snapshot_tables where snapshot_id = s.id)
