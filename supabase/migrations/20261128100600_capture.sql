@@ -279,40 +279,47 @@ declare
   v_key text := pitr.key_text_sql(p_pk, 'r');
   v_nkey text := pitr.key_text_sql(p_pk, 'n');
   v_join text := (select string_agg(format('o.%1$I = n.%1$I', c), ' and ') from unnest(p_pk) c);
+  v_none text := format('o.%I is null', p_pk[1]);  -- no old row with the new row's key
   v_ins text := 'insert into pitr.changes (txid, tenant_id, relid, op, arms_commit, pk, old_row) ';
   v_arm text := 'v_arm and row_number() over () = 1';
   v_body text;
 begin
+  -- row(r.*), not r: a column named r would be taken for the row.
   v_body := format($b$
 declare
   v_tx bigint := txid_current();
   v_arm boolean := current_setting('pitr.armed', true) is distinct from v_tx::text;
   v_rows bigint;
 begin
+  -- Armed before the insert: under SET CONSTRAINTS ... IMMEDIATE the stamp fires at the end of
+  -- the insert itself, and disarms again.
+  if v_arm then
+    perform set_config('pitr.armed', v_tx::text, true);
+  end if;
   if tg_op = 'INSERT' then
     %1$s select v_tx, r.%2$s::text, %3$s, 'I', %4$s, %5$s, null from pitr_new_rows r;
     get diagnostics v_rows = row_count;
   elsif tg_op = 'UPDATE' then
-    %1$s select v_tx, r.%2$s::text, %3$s, 'U', %4$s, %5$s, r::text from pitr_old_rows r;
+    %1$s select v_tx, r.%2$s::text, %3$s, 'U', %4$s, %5$s, row(r.*)::text from pitr_old_rows r;
     get diagnostics v_rows = row_count;
-    %1$s select v_tx, n.%2$s::text, %3$s, case when o is null then 'I' else 'U' end, false, %6$s,
-      o::text
+    %1$s select v_tx, n.%2$s::text, %3$s, case when %9$s then 'I' else 'U' end, false, %6$s,
+      case when not %9$s then row(o.*)::text end
     from pitr_new_rows n left join pitr_old_rows o on %7$s
-    where o is null or o.%2$s is distinct from n.%2$s;
+    where %9$s or o.%2$s is distinct from n.%2$s;
   elsif tg_op = 'DELETE' then
-    %1$s select v_tx, r.%2$s::text, %3$s, 'D', %4$s, %5$s, r::text from pitr_old_rows r;
+    %1$s select v_tx, r.%2$s::text, %3$s, 'D', %4$s, %5$s, row(r.*)::text from pitr_old_rows r;
     get diagnostics v_rows = row_count;
   elsif tg_op = 'TRUNCATE' then
     -- Recorded, not refused: every row is logged as deleted before it goes.
-    %1$s select v_tx, r.%2$s::text, %3$s, 'D', %4$s, %5$s, r::text from %8$s r;
+    %1$s select v_tx, r.%2$s::text, %3$s, 'D', %4$s, %5$s, row(r.*)::text from %8$s r;
     get diagnostics v_rows = row_count;
   end if;
-  if v_arm and v_rows > 0 then
-    perform set_config('pitr.armed', v_tx::text, true);
+  if v_arm and v_rows = 0 then
+    perform set_config('pitr.armed', '', true);  -- nothing logged, so nothing armed
   end if;
   return null;
 end
-$b$, v_ins, v_ten, p_relid, v_arm, v_key, v_nkey, v_join, v_rel);
+$b$, v_ins, v_ten, p_relid, v_arm, v_key, v_nkey, v_join, v_rel, v_none);
   if position('$pitr_capture$' in v_body) > 0 then
     raise exception 'a name of % cannot be used in a capture trigger', v_rel using errcode = 'PT422';
   end if;
@@ -381,13 +388,13 @@ begin
     if v_now -> 'shape' is distinct from v.signature -> 'shape' then
       v_tx := txid_current();
       v_arm := current_setting('pitr.armed', true) is distinct from v_tx::text;
+      if v_arm then
+        perform set_config('pitr.armed', v_tx::text, true);  -- before: see capture_function_sql
+      end if;
       insert into pitr.changes (txid, relid, op, arms_commit, old_row)
       -- The command and what it did, not its text: the text may hold values.
       values (v_tx, v.relid, 'S', v_arm, format('%s %s: %s', tg_tag, v.relid::regclass,
         pitr.describe_shape_change(v.signature, v_now)));
-      if v_arm then
-        perform set_config('pitr.armed', v_tx::text, true);
-      end if;
     end if;
     perform pitr.regenerate_capture(v.relid);
   end loop;
