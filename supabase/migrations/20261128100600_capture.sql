@@ -2,8 +2,8 @@
 -- per-table capture triggers, schema changes of captured tables, and the state of a table at a
 -- moment rebuilt from the log, exact for every type and every session setting.
 --
--- How a row is kept. The log holds each changed row's old image as its record text (r::text) and
--- its key as the text of each key column, produced inside the capture function with every
+-- How a row is kept. The log holds each changed row's old image as its record text
+-- (row(r.*)::text) and its key as its column's text, produced inside the capture function with every
 -- setting that shapes a value's text pinned by SET clauses, and read back with a cast to the
 -- table's row type under the same settings. Text in, text out through each type's own output and
 -- input functions is exact: float -0, NaN and shortest-exact digits (extra_float_digits 3), array
@@ -37,9 +37,10 @@ $$;
 alter index if exists pitr.pitr_changes_table_time rename to changes_jsonb_table_time;
 
 -- One row per changed row: its key (the key column's text; for a key of several columns, the
--- text of the array of their texts, in key order) and its image before the change (null for an insert); 'S' rows record a schema change of a captured table
--- (old_row: what changed). arms_commit marks the one row of a transaction that arms its commit
--- stamp (pitr.commits, below).
+-- text of the array of their texts, in key order) and its image before the change (null for an
+-- insert); 'S' rows record a schema change of a captured table (old_row: what changed).
+-- arms_commit marks the row that arms its transaction's commit stamp (pitr.commits, below).
+-- Columns ordered so that the fixed-width ones pack without padding.
 create table pitr.changes (
   seq bigint not null default nextval('pitr.change_seq'),
   changed_at timestamptz not null default clock_timestamp(),
