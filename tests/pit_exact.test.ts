@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { createRestore } from "../shared/restore/history.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
-import { snapshotAt } from "../shared/restore/point_in_time.ts";
+import { snapshotAt, validateAt } from "../shared/restore/point_in_time.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
 import { Unprocessable } from "../shared/restore/errors.ts";
@@ -226,6 +226,22 @@ dbTest(
   },
 );
 
+dbTest("a captured table renamed keeps capturing, TRUNCATE included, and restores", async () => {
+  await captured(
+    `create table public.pit_table_old (id int primary key, tenant_id bigint not null, v text)`,
+    "public.pit_table_old",
+  );
+  await sql`insert into public.pit_table_old values (1, 19, 'one'), (2, 19, 'two')`;
+  const at = await now();
+  const before = await rowsOf("public.pit_table_old", 19);
+  await sql`alter table public.pit_table_old rename to pit_table_new`;
+  await sql`update public.pit_table_new set v = 'renamed'`;
+  await sql`truncate public.pit_table_new`;
+  await sql`insert into public.pit_table_new values (3, 19, 'three')`;
+  await restoreTo(19, at, ["public.pit_table_new"]);
+  assert.deepEqual(await rowsOf("public.pit_table_new", 19), before);
+});
+
 dbTest(
   "column added after at: 422 naming the table and the DDL; later moments restore, writes go on",
   async () => {
@@ -254,6 +270,14 @@ dbTest(
         assert.match(e.message, /ALTER TABLE public\.pit_added: column extra integer added/);
         return true;
       },
+    );
+    // Validate says so too, as a failed check of that table.
+    const v = await validateAt(sql, { tenantId: "8", at: beforeDdl, tables: ["public.pit_added"] });
+    assert.equal(v.valid, false);
+    assert.match(v.checks[0].message, /column extra integer added/);
+    assert.equal(
+      (await validateAt(sql, { tenantId: "8", at: afterAdd, tables: ["public.pit_added"] })).valid,
+      true,
     );
     await restoreTo(8, afterAdd, ["public.pit_added"]);
     assert.deepEqual(await rowsOf("public.pit_added", 8), atAfterAdd);
@@ -332,6 +356,31 @@ dbTest(
     await restoreTo(10, afterCommit, ["public.pit_tx"]);
     assert.deepEqual(await rowsOf("public.pit_tx", 10), committed);
     assert.ok(committed.includes('(2,10,"tx: second statement")'));
+  },
+);
+
+dbTest(
+  "a transaction that wrote more than a second before at and committed after it is left out whole",
+  async () => {
+    await captured(
+      `create table public.pit_long (id int primary key, tenant_id bigint not null, v text)`,
+      "public.pit_long",
+    );
+    await sql`insert into public.pit_long values (1, 18, 'one'), (2, 18, 'two')`;
+    const session = await sql.reserve();
+    let during: string;
+    try {
+      await session`begin`;
+      await session`update public.pit_long set v = 'long ago' where id = 1`;
+      await new Promise((ok) => setTimeout(ok, 1500));
+      during = await now();
+      await session`update public.pit_long set v = 'just now' where id = 2`;
+      await session`commit`;
+    } finally {
+      session.release();
+    }
+    await restoreTo(18, during, ["public.pit_long"]);
+    assert.deepEqual(await rowsOf("public.pit_long", 18), ["(1,18,one)", "(2,18,two)"]);
   },
 );
 

@@ -61,6 +61,11 @@ create table pitr.changes_default partition of pitr.changes default;
 -- clock_timestamp() when it commits (by a deferred constraint trigger, below): the state at a
 -- moment T holds exactly the transactions whose stamp is <= T, so one that began before T and
 -- committed after it is left out whole. since: the time of its first logged change.
+-- An autocommit statement (the whole transaction, committed as it ends) gets no row: its stamp is
+-- the time of its log rows, all one time, taken after its changes and before its commit, like a
+-- stamp. That spares the commonest writes the stamp's cost (measured: ~80 us of CPU a
+-- transaction, a third of capture's), and the argument below holds for it unchanged. Should it
+-- log again (a deferred trigger at its commit), it is stamped like any other.
 create table pitr.commits (
   txid bigint primary key,
   since timestamptz not null,
@@ -87,28 +92,50 @@ select pitr.make_private('pitr.changes'), pitr.make_private('pitr.changes_defaul
 -- is a state the same commits could have produced. Every transaction is all or nothing: its log
 -- rows, its stamp and its effect on the live rows become visible to the rebuild together.
 --
--- Arming. The transaction-local setting pitr.armed holds 'A<txid>' once a row armed the stamp,
--- 'S<txid>' once it was stamped, 'R<txid>' when armed again after a stamp. A stamp taken early
--- (SET CONSTRAINTS ALL IMMEDIATE fires it at the end of a statement; so does an application's
--- deferred trigger that changes a captured table after this one) leaves 'S', so the next captured
--- change arms it again and the last stamp stays after the last change; the first change's time is
--- kept. Only then is the stamp an upsert: a plain insert costs the commit half as much (measured,
--- 28 against 53 us).
+-- Arming. The transaction-local setting pitr.armed is a state letter followed by the time of
+-- the transaction's first logged change: 'F' after an autocommit statement logged (no stamp
+-- yet), 'A' once a row armed the stamp, 'S' once it was stamped, 'R' when armed again after a
+-- stamp. A stamp taken early (SET CONSTRAINTS ALL IMMEDIATE fires it at the end of a statement;
+-- so does an application's deferred trigger that changes a captured table after this one) leaves
+-- 'S', so the next captured change arms it again and the last stamp stays after the last change.
+-- Only then is the stamp an upsert: a plain insert costs the commit half as much (measured, 28
+-- against 53 us). pitr.arm_sql writes the capture side.
 create function pitr.stamp_commit() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+declare
+  v_state text := current_setting('pitr.armed', true);
+  v_since timestamptz := least(new.changed_at, nullif(substr(v_state, 2), '')::timestamptz);
 begin
-  if current_setting('pitr.armed', true) = 'R' || new.txid then
+  if left(v_state, 1) = 'R' then
     insert into pitr.commits as c (txid, since, committed_at)
-    values (new.txid, new.changed_at, clock_timestamp())
+    values (new.txid, v_since, clock_timestamp())
     on conflict (txid) do update
     set committed_at = excluded.committed_at, since = least(c.since, excluded.since);
   else
     insert into pitr.commits (txid, since, committed_at)
-    values (new.txid, new.changed_at, clock_timestamp());
+    values (new.txid, v_since, clock_timestamp());
   end if;
-  perform set_config('pitr.armed', 'S' || new.txid, true);
+  perform set_config('pitr.armed', 'S' || substr(v_state, 2), true);
   return null;
 end
+$$;
+
+-- The capture side of arming, as PL/pgSQL statements on the variables v_now (this statement's
+-- time), v_state (pitr.armed as it was) and v_arm, for the capture functions and capture_ddl.
+-- p_always: arm even an autocommit statement (a schema change is placed at its commit).
+create function pitr.arm_sql(p_always boolean) returns text
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+  select format($a$
+  if coalesce(v_state, '') = '' then
+    -- The transaction's first logged statement. Times are written under the pinned settings.
+    v_arm := %s;
+    perform set_config('pitr.armed', case when v_arm then 'A' else 'F' end || v_now::text, true);
+  elsif left(v_state, 1) in ('F', 'S') then
+    v_arm := true;
+    perform set_config('pitr.armed',
+      case left(v_state, 1) when 'F' then 'A' else 'R' end || substr(v_state, 2), true);
+  end if;$a$,
+    case when p_always then 'true' else 'statement_timestamp() <> transaction_timestamp()' end)
 $$;
 create constraint trigger changes_commit_stamp after insert on pitr.changes
   deferrable initially deferred for each row when (new.arms_commit)
@@ -292,50 +319,56 @@ declare
   v_nkey text := pitr.key_text_sql(p_pk, 'n');
   v_join text := (select string_agg(format('o.%1$I = n.%1$I', c), ' and ') from unnest(p_pk) c);
   v_none text := format('o.%I is null', p_pk[1]);  -- no old row with the new row's key
-  v_ins text := 'insert into pitr.changes (txid, tenant_id, relid, op, arms_commit, pk, old_row) ';
-  v_arm text := 'v_arm and row_number() over () = 1';
+  v_ins text := 'insert into pitr.changes (changed_at, txid, tenant_id, relid, op, arms_commit, pk,
+      old_row) ';
+  v_log text;  -- the inserts, by operation, with p_arms as the arms_commit of each row
   v_body text;
 begin
   -- row(r.*), not r: a column named r would be taken for the row.
+  v_log := $l$
+    if tg_op = 'INSERT' then
+      %1$s select v_now, v_tx, r.%2$s::text, %3$s, 'I', %4$s, %5$s, null from pitr_new_rows r;
+    elsif tg_op = 'UPDATE' then
+      -- One statement, not two: each INSERT pays its own executor start and partition routing.
+      %1$s select v_now, v_tx, r.%2$s::text, %3$s, 'U', %4$s, %5$s, row(r.*)::text
+      from pitr_old_rows r
+      union all
+      select v_now, v_tx, n.%2$s::text, %3$s, case when %9$s then 'I' else 'U' end, false, %6$s,
+        case when not %9$s then row(o.*)::text end
+      from pitr_new_rows n left join pitr_old_rows o on %7$s
+      where %9$s or o.%2$s is distinct from n.%2$s;
+    elsif tg_op = 'DELETE' then
+      %1$s select v_now, v_tx, r.%2$s::text, %3$s, 'D', %4$s, %5$s, row(r.*)::text
+      from pitr_old_rows r;
+    elsif tg_op = 'TRUNCATE' then
+      -- Recorded, not refused: every row is logged as deleted before it goes.
+      %1$s select v_now, v_tx, r.%2$s::text, %3$s, 'D', %4$s, %5$s, row(r.*)::text from %8$s r;
+    end if;
+    get diagnostics v_rows = row_count;$l$;
   v_body := format($b$
 declare
   v_tx bigint := txid_current();
+  v_now timestamptz := clock_timestamp();  -- after this statement's changes: its rows' time
   v_state text := current_setting('pitr.armed', true);
-  v_arm boolean := v_state is distinct from 'A' || v_tx and v_state is distinct from 'R' || v_tx;
+  v_arm boolean := false;
   v_rows bigint;
 begin
   -- Armed before the insert (see pitr.stamp_commit): under SET CONSTRAINTS ... IMMEDIATE the
-  -- stamp fires at the end of the insert itself.
-  if v_arm then
-    perform set_config('pitr.armed',
-      case when v_state = 'S' || v_tx then 'R' else 'A' end || v_tx, true);
+  -- stamp fires at the end of the insert itself.%1$s
+  -- The row that arms the stamp is the first one (a window, measured at ~30 us a statement, so
+  -- only in the statement that arms).
+  if v_arm then%2$s
+  else%3$s
   end if;
-  if tg_op = 'INSERT' then
-    %1$s select v_tx, r.%2$s::text, %3$s, 'I', %4$s, %5$s, null from pitr_new_rows r;
-    get diagnostics v_rows = row_count;
-  elsif tg_op = 'UPDATE' then
-    -- One statement, not two: each INSERT pays its own executor start and partition routing.
-    %1$s select v_tx, r.%2$s::text, %3$s, 'U', %4$s, %5$s, row(r.*)::text from pitr_old_rows r
-    union all
-    select v_tx, n.%2$s::text, %3$s, case when %9$s then 'I' else 'U' end, false, %6$s,
-      case when not %9$s then row(o.*)::text end
-    from pitr_new_rows n left join pitr_old_rows o on %7$s
-    where %9$s or o.%2$s is distinct from n.%2$s;
-    get diagnostics v_rows = row_count;
-  elsif tg_op = 'DELETE' then
-    %1$s select v_tx, r.%2$s::text, %3$s, 'D', %4$s, %5$s, row(r.*)::text from pitr_old_rows r;
-    get diagnostics v_rows = row_count;
-  elsif tg_op = 'TRUNCATE' then
-    -- Recorded, not refused: every row is logged as deleted before it goes.
-    %1$s select v_tx, r.%2$s::text, %3$s, 'D', %4$s, %5$s, row(r.*)::text from %8$s r;
-    get diagnostics v_rows = row_count;
-  end if;
-  if v_arm and v_rows = 0 then
+  if v_rows = 0 then
     perform set_config('pitr.armed', coalesce(v_state, ''), true);  -- nothing logged or armed
   end if;
   return null;
 end
-$b$, v_ins, v_ten, p_relid, v_arm, v_key, v_nkey, v_join, v_rel, v_none);
+$b$, pitr.arm_sql(false),
+    format(v_log, v_ins, v_ten, p_relid, 'row_number() over () = 1', v_key, v_nkey, v_join, v_rel,
+      v_none),
+    format(v_log, v_ins, v_ten, p_relid, 'false', v_key, v_nkey, v_join, v_rel, v_none));
   if position('$pitr_capture$' in v_body) > 0 then
     raise exception 'a name of % cannot be used in a capture trigger', v_rel using errcode = 'PT422';
   end if;
@@ -391,31 +424,41 @@ $$;
 -- application's DDL: an error is only a warning, and the signature left behind makes the
 -- rebuild refuse instead (see snapshot_table_at).
 create function pitr.capture_ddl() returns event_trigger
-language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+language plpgsql security definer set search_path = pg_catalog, pg_temp set timezone = 'UTC'
+set datestyle = 'ISO, YMD' as $$
 declare
   v pitr.capture_tables;
-  v_now jsonb;
+  v_sig jsonb;
   v_tx bigint;
+  v_now timestamptz;  -- written as text under the settings above, read by pitr.stamp_commit
   v_state text;
   v_arm boolean;
 begin
   for v in select * from pitr.capture_tables c where exists (select from pg_class where oid = c.relid)
   loop
-    v_now := pitr.capture_signature(v.relid);
-    continue when v_now = v.signature;
-    if v_now -> 'shape' is distinct from v.signature -> 'shape' then
-      -- Armed as in the capture functions (pitr.stamp_commit).
+    v_sig := pitr.capture_signature(v.relid);
+    -- A renamed or moved table too: the capture function names it (TRUNCATE reads it).
+    continue when v_sig = v.signature and (v.table_schema, v.table_name) = (select n.nspname::text,
+      c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where c.oid = v.relid);
+    if v_sig -> 'shape' is distinct from v.signature -> 'shape' then
+      -- Armed as in the capture functions (pitr.arm_sql(true)), under the pinned settings.
       v_tx := txid_current();
+      v_now := clock_timestamp();
       v_state := current_setting('pitr.armed', true);
-      v_arm := v_state is distinct from 'A' || v_tx and v_state is distinct from 'R' || v_tx;
-      if v_arm then
+      v_arm := false;
+      if coalesce(v_state, '') = '' then
+        v_arm := true;
+        perform set_config('pitr.armed', 'A' || v_now::text, true);
+      elsif left(v_state, 1) in ('F', 'S') then
+        v_arm := true;
         perform set_config('pitr.armed',
-          case when v_state = 'S' || v_tx then 'R' else 'A' end || v_tx, true);
+          case left(v_state, 1) when 'F' then 'A' else 'R' end || substr(v_state, 2), true);
       end if;
-      insert into pitr.changes (txid, relid, op, arms_commit, old_row)
+      insert into pitr.changes (changed_at, txid, relid, op, arms_commit, old_row)
       -- The command and what it did, not its text: the text may hold values.
-      values (v_tx, v.relid, 'S', v_arm, format('%s %s: %s', tg_tag, v.relid::regclass,
-        pitr.describe_shape_change(v.signature, v_now)));
+      values (v_now, v_tx, v.relid, 'S', v_arm, format('%s %s: %s', tg_tag, v.relid::regclass,
+        pitr.describe_shape_change(v.signature, v_sig)));
     end if;
     perform pitr.regenerate_capture(v.relid);
   end loop;
@@ -520,14 +563,53 @@ $$;
 revoke execute on function pitr.capture_enable(text), pitr.capture_disable(text)
   from public, anon, authenticated, service_role;
 
+-- Where the log of the transactions stamped after p_at begins: their earliest change (a
+-- transaction longer than a second is found by commits_long; a shorter one began after
+-- p_at - 1 s).
+create function pitr.log_from(p_at timestamptz) returns timestamptz
+language sql stable set search_path = pg_catalog, pg_temp as $$
+  select least(p_at - interval '1 second',
+    (select min(since) from pitr.commits
+     where committed_at > p_at and committed_at - since > interval '1 second'))
+$$;
+
+-- Why a captured table's log cannot rebuild p_at, in words naming the table and the schema
+-- change (null when it can): a change of its columns committed after p_at (a rename does not
+-- count: an image is read by position), or one no event trigger recorded, at a time unknown.
+-- The message holds names and types only, never the DDL's text, which may hold values.
+create function pitr.schema_change_after(p_relid oid, p_at timestamptz) returns text
+language plpgsql stable
+set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
+as $$
+declare
+  v pitr.capture_tables := (select x from pitr.capture_tables x where x.relid = p_relid);
+  v_now jsonb := pitr.capture_signature(p_relid);
+  v_ddl record;
+begin
+  if (v_now -> 'shape') is distinct from (v.signature -> 'shape') then
+    return format('%s was altered when no event trigger could record it (%s): its change log cannot rebuild any moment before that; turn its capture off and on again to start a new log',
+      p_relid::regclass, pitr.describe_shape_change(v.signature, v_now));
+  end if;
+  select c.old_row, x.committed_at into v_ddl
+  from pitr.changes c join pitr.commits x on x.txid = c.txid  -- a schema change is always stamped
+  where c.relid = p_relid and c.tenant_id is null and c.op = 'S'
+    and c.changed_at >= pitr.log_from(p_at) and x.committed_at > p_at
+  order by c.seq limit 1;
+  if found then
+    return format('%s was altered after that moment, at %s (%s): the log cannot rebuild a moment before a schema change of a captured table, except a column rename',
+      p_relid::regclass, v_ddl.committed_at, v_ddl.old_row);
+  end if;
+  return null;
+end
+$$;
+
 -- The tenant's rows of one table as they were at p_at, built from the rows now and the log of
--- the transactions stamped after p_at: a key they changed takes the old image of its first
+-- the transactions stamped after p_at (an unstamped autocommit statement at its rows' time): a key they changed takes the old image of its first
 -- change among them (none if that change was its insert); any other key is as it is now. The
 -- first change is the one with the lowest seq: changes of one key are logged in the order they
 -- happened, since each waited for the row lock of the one before. Keys are compared typed (the
 -- logged text cast to the key's type), so equal keys match whatever their text. Refused with
--- PT423 when a schema change of the table was committed after p_at (a rename excepted), or
--- happened when no event trigger could see it. Stored like any snapshot (snapshot_table_from).
+-- PT423 when the columns changed since (pitr.schema_change_after). Stored like any snapshot (snapshot_table_from).
 -- The SET clauses are the capture functions' settings (top of this file): the logged text is read
 -- back exactly as it was written, whatever the session's own settings.
 create function pitr.snapshot_table_at(p_snapshot uuid, p_position integer, p_relid oid,
@@ -544,7 +626,7 @@ declare
   v_tenant text := (select tenant_id from public.backup_snapshots where id = p_snapshot);
   v_rel text := p_relid::regclass::text;
   v_from timestamptz;
-  v_ddl record;
+  v_blocker text;
   v_pk text[] := pitr.primary_key_of(p_relid);
   v_pred text;
   v_select text;
@@ -555,27 +637,11 @@ begin
     raise exception 'table %.% has no change log back to %', v_table.table_schema,
       v_table.table_name, p_at using errcode = 'PT422';
   end if;
-  if (pitr.capture_signature(p_relid) -> 'shape') is distinct from (v_capture.signature -> 'shape')
-  then
-    raise exception '%.% was altered when no event trigger could record it (%): its change log cannot rebuild any moment before that; turn its capture off and on again to start a new log',
-      v_table.table_schema, v_table.table_name,
-      pitr.describe_shape_change(v_capture.signature, pitr.capture_signature(p_relid))
-      using errcode = 'PT423';
+  v_blocker := pitr.schema_change_after(p_relid, p_at);
+  if v_blocker is not null then
+    raise exception '%', v_blocker using errcode = 'PT423';
   end if;
-  -- The earliest change of a transaction stamped after p_at (commits_long).
-  v_from := least(p_at - interval '1 second',
-    (select min(since) from pitr.commits
-     where committed_at > p_at and committed_at - since > interval '1 second'));
-  select c.old_row, x.committed_at into v_ddl
-  from pitr.changes c join pitr.commits x on x.txid = c.txid
-  where c.relid = p_relid and c.tenant_id is null and c.op = 'S' and c.changed_at > v_from
-    and x.committed_at > p_at
-  order by c.seq limit 1;
-  if found then
-    raise exception '%.% was altered after that moment, at % (%): the log cannot rebuild a moment before a schema change of a captured table, except a column rename',
-      v_table.table_schema, v_table.table_name, v_ddl.committed_at, v_ddl.old_row
-      using errcode = 'PT423';
-  end if;
+  v_from := pitr.log_from(p_at);
   v_pred := pitr.tenant_predicate(p_relid, v_table.tenant_column, v_tenant);
   v_select := (select string_agg(format('l.%I', c.name), ', ') from pitr.live_columns(p_relid) c
     where not c.is_generated);
@@ -587,9 +653,10 @@ begin
     '(with changed as materialized (
        select distinct on (%1$s) %2$s, c.op, c.old_row
        from pitr.changes c
-       where c.relid = %3$s and c.tenant_id = %4$L and c.changed_at > %5$L
+       where c.relid = %3$s and c.tenant_id = %4$L and c.changed_at >= %5$L
          and c.op in (''I'', ''U'', ''D'')
-         and (select x.committed_at from pitr.commits x where x.txid = c.txid) > %6$L
+         and coalesce((select x.committed_at from pitr.commits x where x.txid = c.txid),
+           c.changed_at) > %6$L
        order by %1$s, c.seq)
      select %7$s from %8$s l
      where %9$s and not exists (select from changed ch where %10$s)
