@@ -518,28 +518,47 @@ dbTest("every engine function that pins how values are written pins lc_monetary 
     select p.oid::regprocedure::text as f from pg_proc p
     where p.pronamespace = 'pitr'::regnamespace
       and exists (select from unnest(p.proconfig) s where s ilike 'timezone=%')
-      and not exists (select from unnest(p.proconfig) s where s = 'lc_monetary=C')`;
+      and not exists (select from unnest(p.proconfig) s where s = 'lc_monetary=C')
+      -- A capture function pins lc_monetary when its table has money (tested below).
+      and p.proname !~ '^capture_\\d+$'`;
   assert.deepEqual([...unpinned], []);
 });
 
-dbTest("the capture functions write with exactly the settings the rebuild reads with", async () => {
-  const configs = await sql<{ f: string; config: string[] }[]>`
-    select p.proname::text as f,
-      array(select s from unnest(p.proconfig) s order by s) as config
-    from pg_proc p
-    where p.pronamespace = 'pitr'::regnamespace
-      and (p.proname ~ '^capture_\\d+$' or p.proname = 'snapshot_table_at')`;
-  const rebuild = configs.find((c) => c.f === "snapshot_table_at")!.config;
-  assert.ok(rebuild.includes("lc_monetary=C") && rebuild.includes("TimeZone=UTC"), rebuild.join());
-  // The rebuild pins two more, which only shape how text is read.
-  const readOnly = ["array_nulls=on", "xmloption=content"];
-  assert.ok(readOnly.every((s) => rebuild.includes(s)), rebuild.join());
-  const writers = configs.filter((c) => c.f !== "snapshot_table_at");
-  assert.ok(writers.length > 5);
-  for (const w of writers) {
-    assert.deepEqual(w.config, rebuild.filter((s) => !readOnly.includes(s)), w.f);
-  }
-});
+dbTest(
+  "each capture function pins the settings its column types are written by, as the rebuild reads",
+  async () => {
+    const configs = new Map(
+      (await sql<{ f: string; config: string[] }[]>`
+        select coalesce(c.table_schema || '.' || c.table_name, p.proname::text) as f,
+          array(select s from unnest(p.proconfig) s order by s) as config
+        from pg_proc p left join pitr.capture_tables c on p.proname = 'capture_' || c.relid
+        where p.pronamespace = 'pitr'::regnamespace
+          and (p.proname ~ '^capture_\\d+$' or p.proname = 'snapshot_table_at')`)
+        .map((c) => [c.f, c.config]),
+    );
+    const rebuild = configs.get("snapshot_table_at")!;
+    const always = ["DateStyle=ISO, YMD", "TimeZone=UTC", "search_path=pg_catalog, pg_temp"];
+    const pinned = (table: string) => configs.get(table)!.filter((s) => !always.includes(s));
+    // Every capture function writes with the rebuild's values, and pins what its types need.
+    for (const [f, config] of configs) {
+      for (const s of config) assert.ok(rebuild.includes(s), `${f}: ${s}`);
+      if (f !== "snapshot_table_at") {
+        assert.deepEqual(always.filter((s) => config.includes(s)), always);
+      }
+    }
+    assert.deepEqual(pinned("public.pit_digits"), [
+      "IntervalStyle=postgres",
+      "bytea_output=hex",
+      "extra_float_digits=3",
+    ]);
+    assert.deepEqual(pinned("public.pit_money"), ["lc_monetary=C"]);
+    assert.deepEqual(pinned("public.pit_comp"), []); // text and integers, in a composite
+    assert.deepEqual(pinned("public.pit_float"), ["extra_float_digits=3"]);
+    for (const s of ["array_nulls=on", "xmloption=content", "lc_monetary=C"]) {
+      assert.ok(rebuild.includes(s), s); // the rebuild pins them all, and what shapes reading
+    }
+  },
+);
 
 dbTest("a row moved to another tenant after at is not in that tenant's state at at", async () => {
   await captured(
