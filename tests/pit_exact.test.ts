@@ -360,6 +360,37 @@ dbTest(
 );
 
 dbTest(
+  "a transaction whose captured changes are one statement counts whole from that statement",
+  async () => {
+    await captured(
+      `create table public.pit_one (id int primary key, tenant_id bigint not null, v text)`,
+      "public.pit_one",
+    );
+    await sql`insert into public.pit_one values (1, 20, 'one'), (2, 20, 'two')`;
+    const session = await sql.reserve();
+    let during: string;
+    try {
+      await session`begin`;
+      await session`update public.pit_one set v = v || ' changed'`;
+      during = await now();
+      await session`commit`;
+    } finally {
+      session.release();
+    }
+    const [{ stamped }] = await sql<{ stamped: boolean }[]>`
+      select exists (select from pitr.commits x join pitr.changes c using (txid)
+        where c.relid = 'public.pit_one'::regclass and c.op = 'U') as stamped`;
+    assert.equal(stamped, false); // no commit stamp: its rows' time stands for it
+    await sql`update public.pit_one set v = 'later'`;
+    await restoreTo(20, during, ["public.pit_one"]);
+    assert.deepEqual(await rowsOf("public.pit_one", 20), [
+      '(1,20,"one changed")',
+      '(2,20,"two changed")',
+    ]);
+  },
+);
+
+dbTest(
   "a transaction that wrote more than a second before at and committed after it is left out whole",
   async () => {
     await captured(

@@ -14,12 +14,12 @@
 -- Typed per-table logs were not taken: an ALTER TABLE of the application would have to alter the
 -- log too, and a log that no longer fits would make the application's writes fail.
 --
--- The settings, the same in every capture function and in the rebuild, which also pins the two
--- that shape only how text is read, array_nulls and xmloption (tests/pit_exact.test.ts checks
--- that they stay the same):
+-- The settings, pinned by the rebuild; each capture function pins those its column types are
+-- written by (pitr.output_settings), with the same values (tests/pit_exact.test.ts checks both):
 --   search_path pg_catalog, pg_temp (reg* types), TimeZone UTC, DateStyle 'ISO, YMD',
 --   IntervalStyle postgres (its input reads signs differently under sql_standard),
---   extra_float_digits 3, bytea_output hex, lc_monetary C, array_nulls on, xmloption content.
+--   extra_float_digits 3, bytea_output hex, lc_monetary C; and, for reading only, array_nulls on
+--   and xmloption content.
 
 -- The old log (jsonb images) is set aside, converted below, then dropped.
 alter table pitr.changes rename to changes_jsonb;
@@ -61,11 +61,15 @@ create table pitr.changes_default partition of pitr.changes default;
 -- clock_timestamp() when it commits (by a deferred constraint trigger, below): the state at a
 -- moment T holds exactly the transactions whose stamp is <= T, so one that began before T and
 -- committed after it is left out whole. since: the time of its first logged change.
--- An autocommit statement (the whole transaction, committed as it ends) gets no row: its stamp is
--- the time of its log rows, all one time, taken after its changes and before its commit, like a
--- stamp. That spares the commonest writes the stamp's cost (measured: ~80 us of CPU a
--- transaction, a third of capture's), and the argument below holds for it unchanged. Should it
--- log again (a deferred trigger at its commit), it is stamped like any other.
+-- A transaction whose captured changes are all one statement gets no row: its stamp is the time
+-- of its log rows, one time for all of them, taken after its changes and before its commit. The
+-- argument below holds for any stamp between a transaction's last change and its commit, so it
+-- holds for this one; what it gives up is placing such a transaction at its commit (one that
+-- stays open after its only write counts from that write). It spares the commonest writes,
+-- autocommit statements and one-statement transactions, the stamp's cost (measured: ~40-80 us of
+-- CPU a transaction on the benchmark's machine, a third of capture's). A second captured
+-- statement arms the stamp, so a transaction that writes before and after a moment is never
+-- split.
 create table pitr.commits (
   txid bigint primary key,
   since timestamptz not null,
@@ -93,8 +97,7 @@ select pitr.make_private('pitr.changes'), pitr.make_private('pitr.changes_defaul
 -- rows, its stamp and its effect on the live rows become visible to the rebuild together.
 --
 -- Arming. The transaction-local setting pitr.armed is a state letter followed by the time of
--- the transaction's first logged change: 'F' after an autocommit statement logged (no stamp
--- yet), 'A' once a row armed the stamp, 'S' once it was stamped, 'R' when armed again after a
+-- the transaction's first logged change: 'F' after its first logged statement (no stamp yet), 'A' once a row armed the stamp, 'S' once it was stamped, 'R' when armed again after a
 -- stamp. A stamp taken early (SET CONSTRAINTS ALL IMMEDIATE fires it at the end of a statement;
 -- so does an application's deferred trigger that changes a captured table after this one) leaves
 -- 'S', so the next captured change arms it again and the last stamp stays after the last change.
@@ -122,7 +125,7 @@ $$;
 
 -- The capture side of arming, as PL/pgSQL statements on the variables v_now (this statement's
 -- time), v_state (pitr.armed as it was) and v_arm, for the capture functions and capture_ddl.
--- p_always: arm even an autocommit statement (a schema change is placed at its commit).
+-- p_always: arm on the first statement too (a schema change is placed at its commit).
 create function pitr.arm_sql(p_always boolean) returns text
 language sql immutable set search_path = pg_catalog, pg_temp as $$
   select format($a$
@@ -135,7 +138,7 @@ language sql immutable set search_path = pg_catalog, pg_temp as $$
     perform set_config('pitr.armed',
       case left(v_state, 1) when 'F' then 'A' else 'R' end || substr(v_state, 2), true);
   end if;$a$,
-    case when p_always then 'true' else 'statement_timestamp() <> transaction_timestamp()' end)
+    case when p_always then 'true' else 'false' end)
 $$;
 create constraint trigger changes_commit_stamp after insert on pitr.changes
   deferrable initially deferred for each row when (new.arms_commit)
