@@ -298,23 +298,33 @@ dbTest(
   },
 );
 
-dbTest("a composite-typed column (and an array of it) restores exactly", async () => {
-  await sql`create type public.pit_addr as (street text, zip integer, tags text[])`;
-  await captured(
-    `create table public.pit_comp (id int primary key, tenant_id bigint not null,
-      home public.pit_addr, past public.pit_addr[])`,
-    "public.pit_comp",
-  );
-  await sql`insert into public.pit_comp values
-    (1, 9, row('Main St, "1"', 12345, '{a,"b c"}'), array[row('Old', null, null)::public.pit_addr]),
-    (2, 9, null, '{}'), (3, 9, row(null, null, null), null)`;
-  const at = await now();
-  const before = await rowsOf("public.pit_comp", 9);
-  await sql`update public.pit_comp set home = row('x', 1, null)`;
-  await sql`delete from public.pit_comp where id = 3`;
-  await restoreTo(9, at, ["public.pit_comp"]);
-  assert.deepEqual(await rowsOf("public.pit_comp", 9), before);
-});
+dbTest(
+  "a composite-typed column (nested, in an array, under a domain) restores exactly",
+  async () => {
+    await sql`create type public.pit_addr as (street text, zip integer, tags text[])`;
+    await sql`create type public.pit_nest as (home public.pit_addr, at timestamptz, f float8)`;
+    await sql`create domain public.pit_addr_d as public.pit_addr check ((value).zip > 0)`;
+    await captured(
+      `create table public.pit_comp (id int primary key, tenant_id bigint not null,
+        home public.pit_addr, past public.pit_addr[], nest public.pit_nest,
+        checked public.pit_addr_d)`,
+      "public.pit_comp",
+    );
+    await sql`insert into public.pit_comp values
+      (1, 9, row('Main St, "1"', 12345, '{a,"b c"}'), array[row('Old', null, null)::public.pit_addr],
+        row(row('In', 1, '{}'), '2026-01-01 00:00:00.5+00', '-0'), row('D', 7, null)),
+      (2, 9, null, '{}', null, null), (3, 9, row(null, null, null), null, row(null, null, null),
+        null)`;
+    const at = await now();
+    const before = await rowsOf("public.pit_comp", 9);
+    await asSession({ TimeZone: "Asia/Tokyo", extra_float_digits: "0" }, async (s) => {
+      await s`update public.pit_comp set home = row('x', 1, null), nest = null`;
+      await s`delete from public.pit_comp where id = 3`;
+    });
+    await restoreTo(9, at, ["public.pit_comp"]);
+    assert.deepEqual(await rowsOf("public.pit_comp", 9), before);
+  },
+);
 
 dbTest(
   "a transaction spanning at is all or nothing: left out whole before its commit, kept whole after",
@@ -583,7 +593,9 @@ dbTest(
       "extra_float_digits=3",
     ]);
     assert.deepEqual(pinned("public.pit_money"), ["lc_monetary=C"]);
-    assert.deepEqual(pinned("public.pit_comp"), []); // text and integers, in a composite
+    // Through the composite columns: a timestamptz and a float8 in pit_nest.
+    assert.deepEqual(pinned("public.pit_comp"), ["extra_float_digits=3"]);
+    assert.deepEqual(pinned("public.pit_array"), []); // integers and text only
     assert.deepEqual(pinned("public.pit_float"), ["extra_float_digits=3"]);
     for (const s of ["array_nulls=on", "xmloption=content", "lc_monetary=C"]) {
       assert.ok(rebuild.includes(s), s); // the rebuild pins them all, and what shapes reading
