@@ -43,6 +43,7 @@ interface Rep {
   /** With capture: the log's rows and bytes after the repetition (it starts empty). */
   logRows?: number;
   logBytes?: number;
+  commitBytes?: number;
   logRowsByOp?: Record<string, number>;
 }
 
@@ -62,13 +63,21 @@ async function walBytes(sql: Sql, from?: string, to?: string): Promise<number | 
   return Number(r.bytes);
 }
 
-/** The log's size: every relation of its partition tree, with indexes and TOAST. */
-async function logSize(sql: Sql): Promise<{ rows: number; bytes: number }> {
-  const [r] = await sql<{ rows: string; bytes: string }[]>`select
+/**
+ * The log's size: every relation of its partition tree, with indexes and TOAST, and the commit
+ * stamps (pitr.commits, one row a transaction), which capture writes as part of the log.
+ */
+async function logSize(sql: Sql): Promise<{ rows: number; bytes: number; commitBytes: number }> {
+  const [r] = await sql<{ rows: string; bytes: string; commit_bytes: string }[]>`select
     (select count(*) from pitr.changes) as rows,
     (select coalesce(sum(pg_total_relation_size(relid)), 0)
-     from pg_partition_tree('pitr.changes')) as bytes`;
-  return { rows: Number(r.rows), bytes: Number(r.bytes) };
+     from pg_partition_tree('pitr.changes')) as bytes,
+    pg_total_relation_size('pitr.commits') as commit_bytes`;
+  return {
+    rows: Number(r.rows),
+    bytes: Number(r.bytes) + Number(r.commit_bytes),
+    commitBytes: Number(r.commit_bytes),
+  };
 }
 
 /** The same starting point for every repetition: no dead rows, nothing left to checkpoint. */
@@ -79,7 +88,7 @@ async function settle(sql: Sql): Promise<void> {
 
 async function resetLog(sql: Sql): Promise<void> {
   // The bench's own database: emptying the log keeps each repetition's size figure separate.
-  await sql`truncate pitr.changes`;
+  await sql`truncate pitr.changes, pitr.commits`;
 }
 
 async function repetition(
@@ -125,6 +134,7 @@ async function repetition(
       select op::text, count(*) as n from pitr.changes group by op order by op`;
     rep.logRows = size.rows;
     rep.logBytes = size.bytes;
+    rep.commitBytes = size.commitBytes;
     rep.logRowsByOp = Object.fromEntries(byOp.map((r) => [r.op, Number(r.n)]));
     await resetLog(sql);
     await sql`select pitr.capture_disable('events')`;
@@ -218,6 +228,13 @@ async function run(sql: Sql): Promise<Report> {
     `events table ${fmt(tableBytesPerRow)} per row`,
     round3(bytesPerChange.median / tableBytesPerRow).toString(),
   ]);
+  const stampsPerChange = s(on, (r) => r.commitBytes! / r.logRows!);
+  rows.push([
+    "  of which commit stamps, bytes",
+    fmtSummary(stampsPerChange),
+    "",
+    "",
+  ]);
   rows.push([
     "log per million changes, MB",
     fmt(mbPerMillion),
@@ -258,7 +275,7 @@ async function run(sql: Sql): Promise<Report> {
       `spread of the ratio within each alternating pair.` +
       (deadlocks ? ` ${deadlocks} deadlocks between tenant updates, retried.` : ""),
       `MB = 2^20 bytes; the log's size is every relation of pg_partition_tree('pitr.changes') ` +
-      `(heap, index, TOAST).`,
+      `(heap, index, TOAST) and pitr.commits (the commit stamps, one row a transaction).`,
     ],
     json,
   };

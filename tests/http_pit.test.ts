@@ -308,6 +308,33 @@ dbTest(
   },
 );
 
+dbTest(
+  "a moment before a column was added to a captured table is 422 naming the table and the DDL",
+  async () => {
+    await sql`create table public.pit_http_ddl (id int primary key, tenant_id bigint, v text)`;
+    await sql`select pitr.capture_enable('public.pit_http_ddl')`;
+    await sql`insert into public.pit_http_ddl values (1, 701, 'a')`;
+    const at = await now();
+    await sql`alter table public.pit_http_ddl add column added_later numeric(10, 2)`;
+    await sql`update public.pit_http_ddl set added_later = 1`;
+    const before = await digest(701);
+    const snapshots = await snapshotCount();
+    const body = { tenant_id: "701", at, tables: ["pit_http_ddl"] };
+    for (const name of ["pitr-plan", "pitr-execute"]) {
+      const r = await call("POST", name, body, { bearer: admin701 });
+      assert.equal(r.status, 422, `${name}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, "schema_incompatible");
+      assert.match(
+        r.body.error.message,
+        /public\.pit_http_ddl was altered after that moment, at .*\(ALTER TABLE public\.pit_http_ddl: column added_later numeric\(10,2\) added\)/,
+      );
+    }
+    assert.equal(await snapshotCount(), snapshots);
+    assert.equal(await digest(701), before);
+    await sql`drop table public.pit_http_ddl`;
+  },
+);
+
 dbTest("stop the server", async () => {
   await Promise.all(background.splice(0));
   await server.shutdown();

@@ -63,6 +63,8 @@ export const PG = {
   // Raised by the engine's own SQL functions (supabase/migrations/*_pitr_engine.sql).
   PITR_NOT_FOUND: "PT404",
   PITR_INCOMPATIBLE: "PT422",
+  // The change log crosses a schema change of the table (20261128100600_capture.sql).
+  PITR_SCHEMA_CHANGED: "PT423",
 } as const;
 
 export function sqlState(error: unknown): string | undefined {

@@ -1,7 +1,7 @@
 // True point in time: a tenant's rows as they were at any moment inside the change log's window,
 // built in the database from the rows now and the log of what changed since, and stored like a
 // snapshot so that plan, execute and verify handle it unchanged. It must never guess: a table
-// whose log does not reach back to the moment is refused.
+// whose log does not reach back to the moment, or whose columns changed since, is refused.
 import type { Db, Sql } from "../db/client.ts";
 import { transaction } from "../db/transaction.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
@@ -56,16 +56,20 @@ export async function snapshotAtIn(
     values (${request.tenantId}, ${`as of ${request.at}`}, 'point_in_time')
     returning id`;
   const storeTenant = options.preview ? `preview:${created.id}` : null;
-  try {
-    for (const [position, t] of tables.entries()) {
+  for (const [position, t] of tables.entries()) {
+    try {
       await tx`select pitr.snapshot_table_at(${created.id}, ${position}, ${t.relid}::oid,
         ${request.at}::text::timestamptz, ${storeTenant})`;
+    } catch (e) {
+      if (sqlState(e) === PG.PITR_INCOMPATIBLE) {
+        throw new Unprocessable("no_change_log", (e as Error).message, t.name);
+      }
+      // A schema change of the table after `at`: its message names the table and the DDL.
+      if (sqlState(e) === PG.PITR_SCHEMA_CHANGED) {
+        throw new Unprocessable("schema_incompatible", (e as Error).message, t.name);
+      }
+      throw e;
     }
-  } catch (e) {
-    if (sqlState(e) === PG.PITR_INCOMPATIBLE) {
-      throw new Unprocessable("no_change_log", (e as Error).message);
-    }
-    throw e;
   }
   await tx`update public.backup_snapshots s set total_rows = (
       select coalesce(sum(row_count), 0) from pitr.backup_snapshot_tables where snapshot_id = s.id)
@@ -106,7 +110,10 @@ export async function planAt(
   throw new Error("unreachable: a point-in-time plan committed");
 }
 
-/** Can the tenant be restored to `at`: is every table's change log long enough? */
+/**
+ * Can the tenant be restored to `at`: is every table's change log long enough, and have its
+ * columns stayed as they were (a rename aside)?
+ */
 export async function validateAt(
   sql: Db,
   request: PointInTime,
@@ -114,24 +121,26 @@ export async function validateAt(
   await checkMoment(sql, request.at);
   const tables = pickTables(await protectedTables(sql), request.tables, "a protected table");
   const captured = new Map(
-    (await sql<{ relid: string; enabled_at: Date; covers: boolean }[]>`
-      select relid::int8 as relid, enabled_at, enabled_at <= ${request.at}::text::timestamptz as covers
-      from pitr.capture_tables`)
+    (await sql<{ relid: string; enabled_at: Date; covers: boolean; blocker: string | null }[]>`
+      select relid::int8 as relid, enabled_at, enabled_at <= ${request.at}::text::timestamptz as covers,
+        case when enabled_at <= ${request.at}::text::timestamptz
+          then pitr.schema_change_after(relid, ${request.at}::text::timestamptz) end as blocker
+      from pitr.capture_tables where relid = any(${tables.map((t) => t.relid)}::oid[])`)
       .map((r) => [Number(r.relid), r]),
   );
   const checks: Check[] = tables.map((t) => {
-    const since = captured.get(t.relid)?.enabled_at;
-    const ok = captured.get(t.relid)?.covers ?? false;
+    const c = captured.get(t.relid);
+    const ok = (c?.covers ?? false) && !c?.blocker;
     return {
       check: "change_log",
       table: t.name,
       ok,
       severity: ok ? "info" : "error",
-      message: since === undefined
+      message: c === undefined
         ? `capture is not enabled for ${t.name}: select pitr.capture_enable('${t.name}')`
-        : ok
-        ? `${t.name} is captured since ${since.toISOString()}`
-        : `${t.name} is captured only since ${since.toISOString()}, after ${request.at}`,
+        : !c.covers
+        ? `${t.name} is captured only since ${c.enabled_at.toISOString()}, after ${request.at}`
+        : c.blocker ?? `${t.name} is captured since ${c.enabled_at.toISOString()}`,
     };
   });
   return { valid: checks.every((c) => c.ok), checks };
