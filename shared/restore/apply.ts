@@ -6,7 +6,7 @@ import { RestoreFailed, Unprocessable } from "./errors.ts";
 import { type Plan, planRestore, type Strategy } from "./plan.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { lockTenant } from "./lock.ts";
-import { getSnapshot, snapshotIn } from "./snapshot.ts";
+import { countSnapshotRows, getSnapshot, snapshotIn } from "./snapshot.ts";
 import type { Choice } from "./select.ts";
 
 /** Rows written per statement: the unit of progress. */
@@ -79,12 +79,21 @@ export async function applySnapshot(
     options.tables,
     "a table of this snapshot",
   );
+  const undoNames = undoTables.map((t) => t.name).filter((n) => protectedNow.has(n));
+  // A table overwritten back to the snapshot its head holds takes its undo from the restore's
+  // own diff, below (pitr.undo_from_diff): one pass over its rows instead of two.
+  const fromDiff = new Set<string>();
+  for (const t of options.drill ? [] : undoTables) {
+    const [{ applies }] = await tx<{ applies: boolean }[]>`
+      select pitr.undo_applies(${t.id}, ${options.strategy}) as applies`;
+    if (applies && undoNames.includes(t.name)) fromDiff.add(t.name);
+  }
   const undo = options.drill ? null : await snapshotIn(tx, {
     tenantId: snapshot.tenant_id,
-    tables: undoTables.map((t) => t.name).filter((n) => protectedNow.has(n)),
+    tables: undoNames,
     kind: "undo",
     label: `before restore of snapshot ${snapshotId}`,
-  });
+  }, { later: fromDiff });
 
   await phase("diff");
   const plan = await planRestore(
@@ -100,6 +109,13 @@ export async function applySnapshot(
   );
   const blocker = plan.warnings.find((w) => w.blocking);
   if (blocker) throw new Unprocessable("plan_blocked", blocker.message, blocker.table);
+  if (undo && fromDiff.size) {
+    for (const t of plan.steps.filter((s) => fromDiff.has(s.name))) {
+      await tx`select pitr.undo_from_diff(${undo.snapshot_id}, ${undoNames.indexOf(t.name)},
+        ${t.id})`;
+    }
+    await countSnapshotRows(tx, undo.snapshot_id);
+  }
 
   const restored = new Map(plan.steps.map((t) => [t.name, t]));
   const fkChecks: FkCheck[] = [];
@@ -160,7 +176,8 @@ export async function applySnapshot(
       current.table = t.name;
       const [v] = await tx<
         { ok: boolean }[]
-      >`select ok from pitr.verify_table(${t.id}, ${options.strategy})`;
+      >`select ok from pitr.verify_table(${t.id}, ${options.strategy},
+          ${undo !== null && undoNames.includes(t.name)})`;
       if (!v.ok) {
         // Tell a store altered behind the service's back from any other mismatch.
         const [bad] = await tx<{ message: string }[]>`

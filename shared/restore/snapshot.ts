@@ -122,7 +122,11 @@ export function consistentRead(sql: Sql, tenantId: string): TransactionOptions {
 }
 
 /** Snapshot inside a transaction the caller holds (the restore's undo snapshot). */
-export async function snapshotIn(tx: Db, request: SnapshotRequest): Promise<Snapshot> {
+export async function snapshotIn(
+  tx: Db,
+  request: SnapshotRequest,
+  options: { later?: Set<string> } = {},
+): Promise<Snapshot> {
   const tables = pickTables(await protectedTables(tx), request.tables, "a protected table");
   const [created] = await tx<{ id: string }[]>`
     insert into public.backup_snapshots (tenant_id, label, kind, created_by)
@@ -130,13 +134,20 @@ export async function snapshotIn(tx: Db, request: SnapshotRequest): Promise<Snap
       ${request.createdBy ?? null})
     returning id`;
   for (const [position, t] of tables.entries()) {
+    // Left to the caller, at this position (a restore's undo taken from its own diff).
+    if (options.later?.has(t.name)) continue;
     await tx`select pitr.snapshot_table(${created.id}, ${position}, ${t.relid}::oid)`;
   }
+  await countSnapshotRows(tx, created.id);
+  return await getSnapshot(tx, created.id);
+}
+
+/** Records a snapshot's total rows from its tables. */
+export async function countSnapshotRows(tx: Db, snapshotId: string): Promise<void> {
   await tx`update public.backup_snapshots s set total_rows = (
       select coalesce(sum(row_count), 0) from pitr.backup_snapshot_tables
       where snapshot_id = s.id)
-    where id = ${created.id}`;
-  return await getSnapshot(tx, created.id);
+    where id = ${snapshotId}`;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;

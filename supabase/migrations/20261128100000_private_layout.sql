@@ -81,6 +81,11 @@ alter table pitr.backup_snapshot_tables add column store_tenant text;
 update pitr.backup_snapshot_tables set store_tenant = tenant_id;
 alter table pitr.backup_snapshot_tables alter column store_tenant set not null;
 
+-- The seq of the snapshot whose state a head holds (its open versions): a restore to exactly
+-- that snapshot can take its undo snapshot from its own diff (see pitr.undo_from_diff). Unknown
+-- (null) until the tenant's next snapshot of the table.
+alter table pitr.backup_store_heads add column head_seq bigint;
+
 -- Policies of the moved tables described what authenticated could read; nothing now.
 drop policy if exists "authenticated reads the registry" on pitr.backup_protected_tables;
 drop policy if exists "authenticated reads the fk graph" on pitr.backup_fk_constraints_cache;

@@ -147,7 +147,8 @@ begin
       select count(*), coalesce(sum(pitr_hash::numeric), 0) from added',
       st.store_table, v_list, v_l, p_tenant, p_seq, v_hash_l, v_source)
     into v_rows, v_sum;
-    insert into pitr.backup_store_heads values (p_store_id, p_tenant, v_rows, v_sum)
+    insert into pitr.backup_store_heads (store_id, tenant_id, row_count, hash_sum, head_seq)
+    values (p_store_id, p_tenant, v_rows, v_sum, p_seq)
     returning * into v_head;
     stored_rows := v_head.row_count;
     stored_checksum := v_head.row_count || ':' || v_head.hash_sum;
@@ -184,7 +185,7 @@ begin
     pitr.row_hash_sql(array(select 'd.' || c from unnest(v_cols) c), st.hash_by_text))
   into v_rows, v_sum;
   update pitr.backup_store_heads
-  set row_count = row_count + v_rows, hash_sum = hash_sum + v_sum
+  set row_count = row_count + v_rows, hash_sum = hash_sum + v_sum, head_seq = p_seq
   where store_id = p_store_id and tenant_id = p_tenant
   returning * into v_head;
   stored_rows := v_head.row_count;

@@ -95,6 +95,13 @@ language sql immutable set search_path = pg_catalog, pg_temp as $$
     r.members)
 $$;
 
+-- The snapshot's rows a restore writes (its write set), fetched by TID: as many as changed,
+-- never a pass over the tenant's rows.
+create function pitr.written_sql(r pitr.restore_sql) returns text
+language sql immutable set search_path = pg_catalog, pg_temp as $$
+  select pitr.target_sql(r, format('array(select sctid from %s)', r.writes))
+$$;
+
 create function pitr.join_on(p_cols text[], p_left text, p_right text) returns text
 language sql immutable set search_path = pg_catalog, pg_temp as $$
   select string_agg(format('%s.%s = %s.%s', p_left, c, p_right, c), ' and ')
@@ -157,7 +164,6 @@ declare
   v_matched text := format('l.%s is not null', r.pk[1]);
   v_differs text := format('record_image_ne(%s, %s)', pitr.row_of(r.cols, 'l'), pitr.row_of(r.cols, 't'));
   v_reins text := 'false';
-  v_in_snapshot text;
   -- A selective restore's chosen keys, when it chose some (not the whole table).
   v_chosen_t text := 'true';
   v_chosen_l text := 'true';
@@ -179,57 +185,62 @@ begin
     v_reins := format('record_image_ne(%s, %s)', pitr.row_of(r.reinsert, 'l'),
       pitr.row_of(r.reinsert, 't'));
   end if;
-  v_in_snapshot := format('exists (select from %s s where %s and %s)', r.store, r.members,
-    (select string_agg(format('l.%s = %s', c, e), ' and ')
-       from unnest(r.cols, r.exprs) x(c, e) where c = any (r.pk)));
   if not p_materialize then
-    -- A preview counts in one pass, and also counts the keys taken by other tenants (a restore
-    -- fails on those instead).
-    execute format('with l as materialized (select * from %s l where %s)
-        select count(*) filter (where not (%s)),
-          count(*) filter (where %s and %s),
-          count(*) filter (where not (%s) and exists (select from %s o where %s))
-        from %s t left join l on %s',
-      r.live, r.tenant_pred, v_matched, v_matched, v_differs, v_matched, r.live,
-      pitr.join_on(r.pk, 'o', 't'), pitr.target_sql(r), pitr.join_on(r.pk, 'l', 't'))
-    into v_ins, v_upd, v_conf;
-    if p_strategy in ('overwrite', 'selective') then
-      execute format('select count(*) from %s l where %s and not %s', r.live, r.tenant_pred,
-        v_in_snapshot)
-      into v_del;
+    -- A preview counts in one pass over both sides, and also counts the keys taken by other
+    -- tenants (a restore fails on those instead).
+    execute format('with l as (select * from %1$s l where %2$s)
+        select count(*) filter (where t.pitr_ctid is not null and not (%3$s)),
+          count(*) filter (where t.pitr_ctid is not null and %3$s and %4$s),
+          count(*) filter (where t.pitr_ctid is null),
+          count(*) filter (where t.pitr_ctid is not null and not (%3$s)
+            and exists (select from %1$s o where %5$s))
+        from %6$s t full join l on %7$s',
+      r.live, r.tenant_pred, v_matched, v_differs, pitr.join_on(r.pk, 'o', 't'),
+      pitr.target_sql(r), pitr.join_on(r.pk, 'l', 't'))
+    into v_ins, v_upd, v_del, v_conf;
+    if p_strategy = 'merge' then
+      v_del := 0;
     end if;
     return query select v_ins, v_upd, v_del, v_rows - v_ins - v_upd, v_conf;
     return;
   end if;
-  -- The tenant's rows are read once and hashed: probing the key index once per snapshot row
-  -- costs several times more for a whole tenant.
+  -- One pass over the snapshot's rows and the tenant's rows (one hash join: probing the key index
+  -- once per snapshot row costs several times more for a whole tenant, and materializing either
+  -- side first twice as much) finds every row to write and to delete; the rows themselves are
+  -- then fetched by TID, as many as changed.
+  -- lhash: a changed live row's hash in the store's types, for the verification (verify_table).
+  execute format('drop table if exists pg_temp.pitr_pairs; create temp table pitr_pairs on commit drop as
+      with l as (select l.tableoid as pitr_ltoid, l.ctid as pitr_lctid, l.* from %1$s l where %2$s)
+      select t.pitr_ctid as sctid, l.pitr_ltoid as ltoid, l.pitr_lctid as lctid,
+        not (%3$s) or (%4$s) as ins, (%3$s) and (%4$s) as reins,
+        case when %3$s then %5$s end as lhash
+      from %6$s t full join l on %7$s
+      where (t.pitr_ctid is null or not (%3$s) or %8$s)
+        and (t.pitr_ctid is null or %9$s) and (not (%3$s) or %10$s)',
+    r.live, r.tenant_pred, v_matched, v_reins,
+    case when r.exact then pitr.row_hash_sql(r.live_exprs, r.by_text) else 'null::bigint' end,
+    pitr.target_sql(r), pitr.join_on(r.pk, 'l', 't'), v_differs, v_chosen_t, v_chosen_l);
   execute format('drop table if exists %1$s; create temp table %1$s on commit drop as
-      with l as materialized (select l.tableoid as pitr_ltoid, l.ctid as pitr_lctid, l.*
-        from %2$s l where %3$s)
-      select row_number() over () as n, t.pitr_ctid as sctid, l.pitr_ltoid as ltoid,
-        l.pitr_lctid as lctid,
-        not (%4$s) or (%5$s) as ins, (%4$s) and (%5$s) as reins
-      from %6$s t left join l on %7$s
-      where (not (%4$s) or %8$s) and %9$s',
-    r.writes, r.live, r.tenant_pred, v_matched, v_reins, pitr.target_sql(r),
-    pitr.join_on(r.pk, 'l', 't'), v_differs, v_chosen_t);
+      select row_number() over () as n, sctid, ltoid, lctid, ins, reins, lhash
+      from pg_temp.pitr_pairs where sctid is not null', r.writes);
   -- Batches select their rows by n: without an index each would scan the whole write set.
   execute format('create index on %s (n); analyze %s', r.writes, r.writes);
   execute format('select count(*) filter (where ins and not reins),
       count(*) filter (where not ins or reins) from %s', r.writes) into v_ins, v_upd;
   if p_strategy in ('overwrite', 'selective') then
+    -- The rows deleted, and those re-inserted (their old image goes with the deletes).
     execute format('drop table if exists %1$s; create temp table %1$s on commit drop as
         select l.tableoid as pitr_ltoid, l.ctid as pitr_lctid, l.* from %2$s l
-        where %3$s and not %4$s and %5$s',
-      r.deletes, r.live, r.tenant_pred, v_in_snapshot, v_chosen_l);
-    get diagnostics v_del = row_count;
-    execute format('insert into %1$s select l.tableoid, l.ctid, l.* from %2$s l
-        where l.ctid = any (array(select lctid from %3$s where reins))
-          and (l.tableoid, l.ctid) in (select ltoid, lctid from %3$s where reins) and %4$s',
-      r.deletes, r.live, r.writes, r.tenant_pred);
+        where l.ctid = any (array(select lctid from pg_temp.pitr_pairs where sctid is null or reins))
+          and (l.tableoid, l.ctid) in
+            (select ltoid, lctid from pg_temp.pitr_pairs where sctid is null or reins)
+          and %3$s',
+      r.deletes, r.live, r.tenant_pred);
+    execute format('select count(*) from pg_temp.pitr_pairs where sctid is null') into v_del;
     -- Its size known, the delete joins it with the tenant's rows the right way round.
     execute format('analyze %s', r.deletes);
   end if;
+  drop table pg_temp.pitr_pairs;
   return query select v_ins, v_upd, v_del, v_rows - v_ins - v_upd, v_conf;
 end
 $$;
@@ -387,8 +398,8 @@ begin
       where c.type in ('smallint', 'integer', 'bigint') and format('%I', c.name) = any (r.cols) loop
     v_seq := pg_get_serial_sequence(r.live, v_col.name)::regclass;
     continue when v_seq is null;
-    execute format('select max(t.%I)::bigint from %s t join %s w on w.sctid = t.pitr_ctid',
-      v_col.name, pitr.target_sql(r), r.writes) into v_max;
+    execute format('select max(t.%I)::bigint from %s t', v_col.name, pitr.written_sql(r))
+    into v_max;
     continue when v_max is null;
     execute format('select last_value from %s', v_seq) into v_last;
     if v_last <= v_max then
@@ -455,11 +466,10 @@ begin
         - (select coalesce(sum(%5$s::numeric), 0) from %3$s l)
         - (select coalesce(sum(%5$s::numeric), 0) from %1$s l
             where (l.tableoid, l.ctid) in (select ltoid, lctid from %4$s where not ins) and %2$s)
-        + (select coalesce(sum(%6$s::numeric), 0) from %7$s t
-            join %4$s w on w.sctid = t.pitr_ctid)',
+        + (select coalesce(sum(%6$s::numeric), 0) from %7$s t)',
     r.live, r.tenant_pred,
     case when to_regclass(r.deletes) is null then '(select 1 where false)' else r.deletes end,
-    r.writes, v_hash_l, v_hash_t, pitr.target_sql(r))
+    r.writes, v_hash_l, v_hash_t, pitr.written_sql(r))
   into v_n, v_s;
   v_expected := v_n || ':' || v_s;
   create temp table if not exists pitr_expected (snapshot_table bigint primary key, digest text)
@@ -470,11 +480,59 @@ begin
 end
 $$;
 
+-- Verification of an overwrite that hashes only what it touched. The restore's undo snapshot
+-- left in the table's head the digest of the tenant's rows before the restore (in the store's
+-- types); taking away the rows it deleted or updated (their images before, kept by table_diff)
+-- and adding the rows now under every key it wrote or deleted, read back from the live table,
+-- gives the digest of the tenant's rows now, which must be the snapshot's recorded checksum. The
+-- rows it did not touch were compared with the snapshot by table_diff in this transaction.
+create function pitr.verify_written(p_snapshot_table bigint)
+returns table (ok boolean, live_digest text, expected_digest text)
+language plpgsql
+set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = on
+set timezone = 'UTC' set datestyle = 'ISO, YMD' set intervalstyle = 'postgres'
+set extra_float_digits = 3 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content'
+as $$
+declare
+  r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
+  v_st pitr.backup_snapshot_tables := (select x from pitr.backup_snapshot_tables x
+    where x.id = p_snapshot_table);
+  v_head pitr.backup_store_heads := (select h from pitr.backup_store_heads h
+    where h.store_id = v_st.store_id and h.tenant_id = v_st.store_tenant);
+  v_hash text := pitr.row_hash_sql(r.live_exprs, r.by_text);
+  v_keys text := array_to_string(r.pk, ', ');
+  v_n bigint;
+  v_s numeric;
+  v_live text;
+begin
+  execute format('with removed as (
+        select %1$s as h from %2$s l
+        union all select lhash from %3$s where not ins),
+      touched as (
+        select %4$s from %5$s t
+        union all select %4$s from %2$s),
+      now as (
+        select %1$s as h from %6$s l where (%4$s) in (select * from touched) and %7$s)
+      select %8$s - (select count(*) from removed) + (select count(*) from now),
+        %9$s - (select coalesce(sum(h::numeric), 0) from removed)
+          + (select coalesce(sum(h::numeric), 0) from now)',
+    v_hash, case when to_regclass(r.deletes) is null then
+      format('(select l.* from %s l where false)', r.live) else r.deletes end,
+    r.writes, v_keys,
+    pitr.target_sql(r, format('array(select sctid from %s)', r.writes)),
+    r.live, r.tenant_pred, v_head.row_count, v_head.hash_sum)
+  into v_n, v_s;
+  v_live := v_n || ':' || v_s;
+  return query select v_live = r.checksum, v_live, r.checksum;
+end
+$$;
+
 -- Before commit: the tenant's rows equal the snapshot's (overwrite), or every snapshot row is
 -- present (merge), or the digest selective_expected computed (selective). When every column is restored as stored, the live rows (in the store's types)
 -- are compared with the checksum recorded when the snapshot was taken, so a store altered since
 -- cannot pass either.
-create function pitr.verify_table(p_snapshot_table bigint, p_strategy text)
+create function pitr.verify_table(p_snapshot_table bigint, p_strategy text,
+  p_undone boolean default false)
 returns table (ok boolean, live_digest text, expected_digest text)
 language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB'
 set timezone = 'UTC' set datestyle = 'ISO, YMD' set intervalstyle = 'postgres'
@@ -487,7 +545,9 @@ declare
   v_expected text;
   v_missing bigint;
 begin
-  if p_strategy = 'selective' then
+  if p_strategy = 'overwrite' and r.exact and cardinality(r.pk) > 0 and p_undone then
+    return query select * from pitr.verify_written(p_snapshot_table);
+  elsif p_strategy = 'selective' then
     v_by_text := pitr.hash_by_text(array(select c.type from pitr.live_columns(r.relid) c
       where format('%I', c.name) = any (r.cols)));
     v_live := pitr.digest(format('%s l where %s', r.live, r.tenant_pred),

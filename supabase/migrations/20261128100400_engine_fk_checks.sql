@@ -37,8 +37,7 @@ declare
   f record := pitr.fk_condition(p_fk, 't', 'p');
   v_keys text := (select string_agg(format('t.%I', c), ', ') from unnest(e.child_columns) c);
   v_parent_keys text := (select string_agg(format('p.%I', c), ', ') from unnest(e.parent_columns) c);
-  v_written text := format('(select t.* from %s t join %s w on w.sctid = t.pitr_ctid)',
-    pitr.target_sql(r), r.writes);
+  v_written text := pitr.written_sql(r);
   rp pitr.restore_sql;
   v_left text;
   v_partial bigint := 0;
@@ -53,8 +52,7 @@ begin
   v_left := format('select distinct %s from %s t where %s', v_keys, v_written, f.not_null);
   if p_parent_snapshot_table is not null then
     rp := pitr.restore_sql(p_parent_snapshot_table);
-    v_left := format('%s except select %s from (select t.* from %s t join %s w on w.sctid = t.pitr_ctid) p',
-      v_left, v_parent_keys, pitr.target_sql(rp), rp.writes);
+    v_left := format('%s except select %s from %s p', v_left, v_parent_keys, pitr.written_sql(rp));
   end if;
   execute format('drop table if exists pg_temp.pitr_fk_keys;
       create temp table pitr_fk_keys on commit drop as %s; analyze pg_temp.pitr_fk_keys', v_left);
