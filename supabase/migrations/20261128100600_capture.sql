@@ -796,21 +796,3 @@ begin
   end loop;
 end
 $$;
-
--- Digests independent of every session and locale setting: the engine's functions that pin the
--- settings shaping a value's text (to hash rows of types with no hash function by their text)
--- pin lc_monetary too, which decides how money is written.
-do $$
-declare
-  v record;
-begin
-  for v in
-    select p.oid::regprocedure as f from pg_proc p
-    where p.pronamespace = 'pitr'::regnamespace
-      and exists (select from unnest(p.proconfig) s where s ilike 'timezone=%')
-      and not exists (select from unnest(p.proconfig) s where s ilike 'lc_monetary=%')
-  loop
-    execute format('alter function %s set lc_monetary = %L', v.f, 'C');
-  end loop;
-end
-$$;
