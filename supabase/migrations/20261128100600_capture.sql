@@ -479,7 +479,7 @@ $$;
 -- rebuild refuse instead (see snapshot_table_at).
 create function pitr.capture_ddl() returns event_trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp set timezone = 'UTC'
-set datestyle = 'ISO, YMD' as $$
+set datestyle = 'ISO, YMD' set lc_monetary = 'C' as $$
 declare
   v pitr.capture_tables;
   v_sig jsonb;
@@ -634,6 +634,7 @@ $$;
 create function pitr.schema_change_after(p_relid oid, p_at timestamptz) returns text
 language plpgsql stable
 set search_path = pg_catalog, pg_temp set timezone = 'UTC' set datestyle = 'ISO, YMD'
+set lc_monetary = 'C'
 as $$
 declare
   v pitr.capture_tables := (select x from pitr.capture_tables x where x.relid = p_relid);
