@@ -37,10 +37,12 @@ $$;
 -- delete sets, before any write, and only where undo_applies. The live rows the restore will
 -- delete or update are added as versions of the undo snapshot; the head's versions it writes back
 -- are closed at the undo's seq (the write set follows them to where the update moved them).
+-- Nested loops stay off: the write set can hold every row of the tenant, and a nested loop
+-- between it and the versions closed (neither has statistics) was quadratic.
 create function pitr.undo_from_diff(p_undo uuid, p_position integer, p_snapshot_table bigint)
 returns bigint
 language plpgsql
-set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = on set jit = off
+set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off set jit = off
 set timezone = 'UTC' set datestyle = 'ISO, YMD' set intervalstyle = 'postgres'
 set extra_float_digits = 3 set bytea_output = 'hex' set lc_monetary = 'C' set xmloption = 'content'
 as $$
