@@ -145,6 +145,30 @@ dbTest("the undo snapshot brings back the state before the restore", async () =>
   assert.equal(await digest(102), changed);
 });
 
+dbTest(
+  "the undo of a restore into emptied tables brings the emptiness back, and validates",
+  async () => {
+    const snap = await takeSnapshot(sql, { tenantId: "103" });
+    const original = await digest(103);
+    await damage(103); // empties members, questions and crm.contacts of the tenant
+    const [{ n }] = await sql<{ n: number }[]>`
+      select (select count(*) from public.members where tenant_id = 103)::int as n`;
+    assert.equal(n, 0);
+    const damaged = await digest(103);
+    const status = await restore(snap.snapshot_id, "103");
+    assert.equal(status.status, "completed", JSON.stringify(status.error));
+    assert.equal(await digest(103), original);
+    const check = await validateSnapshot(sql, status.undo_snapshot_id!);
+    assert.equal(check.valid, true, JSON.stringify(check));
+    const undo = await restore(status.undo_snapshot_id!, "103");
+    assert.equal(undo.status, "completed", JSON.stringify(undo.error));
+    assert.equal(await digest(103), damaged);
+    const again = await restore(snap.snapshot_id, "103");
+    assert.equal(again.status, "completed", JSON.stringify(again.error));
+    assert.equal(await digest(103), original);
+  },
+);
+
 dbTest("a plan counts rows per table and changes nothing", async () => {
   const snap = await takeSnapshot(sql, { tenantId: "101" });
   await sql`delete from public.enrollments where tenant_id = 101 and score is null`;
