@@ -126,13 +126,22 @@ export async function vacuum(sql: Sql): Promise<void> {
 }
 
 /**
- * 5% drift of one tenant, spread over every table: 3% of each table's rows updated, 1% deleted
- * (leaves only, so foreign keys hold), 1% inserted. Returns the rows touched.
+ * A drift of one tenant of `pct` percent of its rows (5 by default), spread over every table:
+ * 0.6·pct% of each table's rows updated, 0.2·pct% deleted (leaves only, so foreign keys hold),
+ * 0.2·pct% inserted. Returns the rows touched.
  */
-export async function applyDrift(sql: Sql, tenant: number, s: Sizes): Promise<number> {
+export async function applyDrift(
+  sql: Sql,
+  tenant: number,
+  s: Sizes,
+  pct = 5,
+): Promise<number> {
   const uRef = referenced(s.users);
   const cRef = referenced(s.campaigns);
-  const cent = (n: number) => Math.max(1, Math.round(n / 100));
+  // Rows deleted and inserted per table (0.2·pct%), and the updated share in basis points,
+  // picked by a multiplicative spread of the row number so that small shares stay spread out.
+  const cent = (n: number) => Math.max(1, Math.round((n * pct) / 500));
+  const bp = Math.round(60 * pct);
   const base = tenant * ID_SPAN;
   let touched = 0;
   await sql.begin(async (tx) => {
@@ -140,7 +149,7 @@ export async function applyDrift(sql: Sql, tenant: number, s: Sizes): Promise<nu
       // users
       await tx`update public.users
         set profile = profile || '{"drifted": true}', updated_at = updated_at + interval '1 day'
-        where tenant_id = ${tenant} and member_no % 100 < 3`,
+        where tenant_id = ${tenant} and (member_no::bigint * 7919) % 10000 < ${bp}::int`,
       await tx`delete from public.users
         where tenant_id = ${tenant} and member_no >= ${s.users - cent(s.users)}::int
           and member_no >= ${uRef}::int`,
@@ -152,7 +161,7 @@ export async function applyDrift(sql: Sql, tenant: number, s: Sizes): Promise<nu
       // campaigns
       await tx`update public.campaigns
         set title = title || ' (edited)', settings = settings || '{"paused": true}'
-        where tenant_id = ${tenant} and (id - ${base}::bigint) % 100 < 3`,
+        where tenant_id = ${tenant} and ((id - ${base}::bigint) * 7919) % 10000 < ${bp}::int`,
       await tx`delete from public.campaigns
         where tenant_id = ${tenant}
           and id - ${base}::bigint >= ${s.campaigns - cent(s.campaigns)}::int
@@ -165,9 +174,12 @@ export async function applyDrift(sql: Sql, tenant: number, s: Sizes): Promise<nu
       // enrollments
       await tx`update public.enrollments
         set status = 'completed', progress = progress || '{"step": 10}', updated_at = now()
-        where tenant_id = ${tenant} and (id - ${base}::bigint) % 100 < 3`,
+        where tenant_id = ${tenant} and ((id - ${base}::bigint) * 7919) % 10000 < ${bp}::int`,
       await tx`delete from public.enrollments
-        where tenant_id = ${tenant} and (id - ${base}::bigint) % 100 = 50`,
+        where tenant_id = ${tenant}
+          and ((id - ${base}::bigint) * 7919) % 10000 between 5000 and 4999 + ${
+        Math.round(bp / 3)
+      }::int`,
       await tx`insert into public.enrollments
         select ${base}::bigint + ${DRIFT_BASE}::bigint + g, ${tenant}::bigint,
           ${base}::bigint + (g % ${cRef}::int),

@@ -32,7 +32,12 @@ export interface Figure {
   engine: string;
   baseline: string;
   ratio: number;
+  /** min–max of the ratio over the repetitions, where both sides were repeated. */
+  spread?: [number, number];
 }
+
+/** A figure measured for information, without a goal: [figure, engine, baseline, ratio]. */
+export type InfoRow = [string, string, string, string];
 
 export function met(key: RatioKey, ratio: number): boolean {
   const g = GOALS[key];
@@ -51,7 +56,7 @@ function row(cells: string[], widths: number[]): string {
   return "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
 }
 
-export function printReport(figures: Figure[], header: string[]): void {
+export function printReport(figures: Figure[], header: string[], info: InfoRow[] = []): void {
   const head = [
     "figure",
     "engine: median (min–max)",
@@ -64,7 +69,8 @@ export function printReport(figures: Figure[], header: string[]): void {
     f.figure,
     f.engine,
     f.baseline,
-    f.key === "peak_rss_mb_1m" ? `${round3(f.ratio)} MB` : `${round3(f.ratio)}`,
+    f.key === "peak_rss_mb_1m" ? `${round3(f.ratio)} MB` : `${round3(f.ratio)}` +
+      (f.spread ? ` (${round3(f.spread[0])}–${round3(f.spread[1])})` : ""),
     GOALS[f.key].text,
     met(f.key, f.ratio) ? "yes" : "no",
   ]);
@@ -75,6 +81,14 @@ export function printReport(figures: Figure[], header: string[]): void {
   console.log(row(head, widths));
   console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
   for (const r of rows) console.log(row(r, widths));
+  if (info.length) {
+    const infoHead = ["measured without a goal", "engine", "baseline", "ratio (min–max)"];
+    const w = infoHead.map((h, i) => Math.max(h.length, ...info.map((r) => r[i].length)));
+    console.log("");
+    console.log(row(infoHead, w));
+    console.log("|" + w.map((x) => "-".repeat(x + 2)).join("|") + "|");
+    for (const r of info) console.log(row(r, w));
+  }
   const missed = figures.filter((f) => !met(f.key, f.ratio));
   console.log("");
   if (missed.length === 0) console.log("every goal reached");

@@ -20,8 +20,18 @@ import {
   vacuum,
 } from "./dataset.ts";
 import { OtherTenantWriter } from "./other_tenant.ts";
-import { type Figure, printReport } from "./report.ts";
-import { fmt, fmtSummary, MB, peakRss, percentile, summarise, timed } from "./stats.ts";
+import { type Figure, type InfoRow, printReport } from "./report.ts";
+import {
+  fmt,
+  fmtSummary,
+  MB,
+  peakRss,
+  percentile,
+  ratioSpread,
+  summarise,
+  type Summary,
+  timed,
+} from "./stats.ts";
 
 const quick = Deno.args.includes("--quick");
 const REPS = 3;
@@ -103,6 +113,7 @@ function expectRows(what: string, got: number, want: number) {
 interface Report {
   figures: Figure[];
   header: string[];
+  info: InfoRow[];
 }
 
 async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
@@ -186,15 +197,18 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
       fmtSummary(summarise(copyFrom), "s"),
   );
 
-  // 3, 4. 5% drift: plan it (the diff), then restore it.
+  // 3, 4. 5% drift since the tenant's latest snapshot (a bad import, a mistaken bulk update, found
+  // the next day): plan it (the diff), then restore it. The snapshot taken before each drift is
+  // not timed: it is the nightly snapshot the damage happened after.
   const plan: number[] = [];
   const drift: number[] = [];
   let drifted = 0;
   let planned = "";
   for (let i = 0; i < REPS; i++) {
+    const latest = await takeSnapshot(sql, { tenantId: String(MEASURED) });
     drifted = await applyDrift(sql, MEASURED, SIZES);
     await vacuum(sql);
-    const p = await timed(() => planRestore(sql, { snapshotId: first.snapshot_id }));
+    const p = await timed(() => planRestore(sql, { snapshotId: latest.snapshot_id }));
     const t = p.value.totals;
     if (t.insert + t.update + t.delete === 0) {
       throw new Error("the plan of a drifted tenant is empty");
@@ -202,7 +216,7 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
     planned =
       `insert ${t.insert}, update ${t.update}, delete ${t.delete}, unchanged ${t.unchanged}`;
     plan.push(p.seconds);
-    const r = await timed(() => restore(sql, first.snapshot_id, MEASURED));
+    const r = await timed(() => restore(sql, latest.snapshot_id, MEASURED));
     drift.push(r.seconds);
     expectRows("after the drift restore", await tenantRows(sql, MEASURED), rows);
   }
@@ -210,6 +224,38 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
   log(
     `plan ${fmtSummary(summarise(plan), "s")}, drift restore ${fmtSummary(summarise(drift), "s")}`,
   );
+  // The same drift restored to an older snapshot (the tenant snapshotted since): its undo needs
+  // a pass of its own over the tenant's rows, since the head no longer holds the target.
+  const olderDrift: number[] = [];
+  for (let i = 0; i < REPS; i++) {
+    await applyDrift(sql, MEASURED, SIZES);
+    await vacuum(sql);
+    olderDrift.push((await timed(() => restore(sql, first.snapshot_id, MEASURED))).seconds);
+  }
+  log(`drift restore to an older snapshot ${fmtSummary(summarise(olderDrift), "s")}`);
+
+  // How a drift restore grows with the drift: each share restored to the snapshot just before it.
+  const scaling: { what: string; restore: Summary; full: Summary }[] = [];
+  const driftRestore = async (tenant: number, sizes: Sizes, pct: number) => {
+    const times: number[] = [];
+    let touched = 0;
+    for (let i = 0; i < REPS; i++) {
+      const latest = await takeSnapshot(sql, { tenantId: String(tenant) });
+      touched = await applyDrift(sql, tenant, sizes, pct);
+      await vacuum(sql);
+      times.push((await timed(() => restore(sql, latest.snapshot_id, tenant))).seconds);
+    }
+    return { touched, times: summarise(times) };
+  };
+  for (const pct of [0.1, 1, 5, 20]) {
+    const d = await driftRestore(MEASURED, SIZES, pct);
+    scaling.push({
+      what: `${pct}% of ${fmt(rows)} rows (${fmt(d.touched)} touched)`,
+      restore: d.times,
+      full: summarise(full),
+    });
+  }
+  log(`drift scaling on ${fmt(rows)} rows done`);
 
   // 7. Memory of this process during the restore of the big tenant.
   const big = await takeSnapshot(sql, { tenantId: String(BIG_TENANT) });
@@ -226,6 +272,14 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
     expectRows("after the big restore", await tenantRows(sql, BIG_TENANT), bigRows);
   }
   log(`big restore ${fmtSummary(summarise(bigRestore), "s")}`);
+  {
+    const d = await driftRestore(BIG_TENANT, BIG_SIZES, 1);
+    scaling.push({
+      what: `1% of ${fmt(bigRows)} rows (${fmt(d.touched)} touched)`,
+      restore: d.times,
+      full: summarise(bigRestore),
+    });
+  }
 
   // 8. Another tenant's single-row updates, alone and during a full restore.
   const writer = await OtherTenantWriter.open(url, OTHER);
@@ -276,6 +330,7 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
       engine: fmtSummary(perSecond(rows, snap)),
       baseline: "COPY TO binary " + fmtSummary(perSecond(rows, copyTo)),
       ratio: perSecond(rows, snap).median / perSecond(rows, copyTo).median,
+      spread: ratioSpread(perSecond(rows, snap), perSecond(rows, copyTo)),
     },
     {
       key: "restore_vs_copy",
@@ -283,6 +338,7 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
       engine: fmtSummary(perSecond(rows, full)),
       baseline: "COPY FROM binary, replica " + fmtSummary(perSecond(rows, copyFrom)),
       ratio: perSecond(rows, full).median / perSecond(rows, copyFrom).median,
+      spread: ratioSpread(perSecond(rows, full), perSecond(rows, copyFrom)),
     },
     {
       key: "drift_vs_full",
@@ -290,6 +346,7 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
       engine: fmtSummary(s(drift)),
       baseline: "full restore " + fmtSummary(s(full)),
       ratio: s(drift).median / s(full).median,
+      spread: ratioSpread(s(drift), s(full)),
     },
     {
       key: "plan_vs_copy",
@@ -297,6 +354,7 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
       engine: fmtSummary(s(plan)),
       baseline: "COPY TO " + fmtSummary(s(copyTo)),
       ratio: s(plan).median / s(copyTo).median,
+      spread: ratioSpread(s(plan), s(copyTo)),
     },
     {
       key: "storage_vs_source",
@@ -325,6 +383,7 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
       engine: fmtSummary(mb(rssBig), "MB"),
       baseline: fmtSummary(mb(rssSmall), "MB"),
       ratio: mb(rssBig).median / mb(rssSmall).median,
+      spread: ratioSpread(mb(rssBig), mb(rssSmall)),
     },
     {
       key: "other_tenant_p99_ratio",
@@ -332,10 +391,30 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
       engine: fmtSummary(s(p99During)),
       baseline: "no restore " + fmtSummary(s(p99Alone)),
       ratio: s(p99During).median / s(p99Alone).median,
+      spread: ratioSpread(s(p99During), s(p99Alone)),
     },
+  ];
+  const ratioText = (a: Summary, b: Summary) => {
+    const [lo, hi] = ratioSpread(a, b);
+    return `${(a.median / b.median).toFixed(3)} (${lo.toFixed(3)}–${hi.toFixed(3)})`;
+  };
+  const info: InfoRow[] = [
+    [
+      `restore of a 5% drift to an older snapshot, s`,
+      fmtSummary(s(olderDrift)),
+      "full restore " + fmtSummary(s(full)),
+      ratioText(s(olderDrift), s(full)),
+    ],
+    ...scaling.map((x): InfoRow => [
+      `drift restore, ${x.what}, s`,
+      fmtSummary(x.restore),
+      "full restore " + fmtSummary(x.full),
+      ratioText(x.restore, x.full),
+    ]),
   ];
   const [{ version }] = await sql<{ version: string }[]>`select version()`;
   return {
+    info,
     figures,
     header: [
       `pitr restore benchmark${quick ? " (--quick)" : ""}: ${TENANTS} tenants of ${
@@ -380,7 +459,7 @@ async function main(): Promise<number> {
   }
   log(`finished in ${((performance.now() - started) / 1000).toFixed(1)} s`);
   // The report last, after the clean-up, so the run's final line is the JSON.
-  if (report) printReport(report.figures, report.header);
+  if (report) printReport(report.figures, report.header, report.info);
   return code;
 }
 

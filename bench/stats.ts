@@ -16,6 +16,11 @@ export function summarise(values: number[]): Summary {
   return { median, min: sorted[0], max: sorted[sorted.length - 1], n: sorted.length };
 }
 
+/** The widest spread of a ratio of two measured figures: lowest over highest, highest over lowest. */
+export function ratioSpread(a: Summary, b: Summary): [number, number] {
+  return [a.min / b.max, a.max / b.min];
+}
+
 /** Nearest-rank percentile (p in 0..100). */
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) throw new Error("no values for a percentile");
