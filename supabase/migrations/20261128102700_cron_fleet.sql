@@ -13,6 +13,8 @@
 --
 -- Maintenance: `call pitr.maintain_change_log()` daily at 13:41 UTC, far from the drill window (its
 -- steps give up within lock_timeout on a locked log anyway, 20261128102500_log_maintenance.sql).
+-- The job's command is the CALL alone: pg_cron runs a lone CALL outside a transaction block, so
+-- the procedure may commit after each step (with another statement in the command it could not).
 -- To see results:
 --   select * from pitr.log_maintenance_status;
 --   select * from pitr.drill_report order by report_rank, last_drill_at nulls first;
