@@ -30,6 +30,12 @@ export interface DrillRun {
 /** The longest budget a call may ask for: inside the Edge Function's 150 s wall clock. */
 export const MAX_BUDGET_MS = 140_000;
 
+/**
+ * A drill is started only if this multiple of its estimate fits what is left: a drill's time varies
+ * (measured: a 500-tenant call with estimates taken as they were ran 0.06 s over its 100 s).
+ */
+const ESTIMATE_MARGIN = 1.25;
+
 /** How long a drill waits for the tenant's turn, as applySnapshot waits for its lock. */
 const LOCK_WAIT_MS = 5000;
 
@@ -49,10 +55,10 @@ export async function runDrills(sql: Sql, tenantId?: string): Promise<DrillResul
 /**
  * Drills the tenants least recently drilled well (never drilled, or whose last good drill is the
  * oldest; a failed drill leaves that time as it was, so the tenant comes first again), until the
- * budget is spent. A drill is started only if its estimate (the tenant's last good drill's
- * duration, else its last drill's, else its snapshot's rows at the fleet's recent rate) fits what
- * is left; the first of a call always starts, so that a tenant longer than any budget is drilled
- * once its turn comes rather than never. One call at a time (a lease in pitr.drill_fleet_lease).
+ * budget is spent. A drill is started only if 1.25 times its estimate (the tenant's last good
+ * drill's duration, else its last drill's, else its snapshot's rows at the fleet's recent rate)
+ * fits what is left; the first of a call always starts, so that a tenant longer than any budget
+ * is drilled once its turn comes rather than never. One call at a time (a lease in pitr.drill_fleet_lease).
  */
 export async function drillFleet(
   sql: Sql,
@@ -92,7 +98,9 @@ export async function drillFleet(
     const drills: DrillResult[] = [];
     for (const t of queue) {
       const left = budget_ms - (performance.now() - started);
-      if (drills.length > 0 && (left <= 0 || (t.estimate_ms ?? 0) > left)) continue;
+      if (drills.length > 0 && (left <= 0 || (t.estimate_ms ?? 0) * ESTIMATE_MARGIN > left)) {
+        continue;
+      }
       drills.push(await drillTenant(sql, t.tenant_id));
     }
     return {
