@@ -58,7 +58,8 @@ export async function runDrills(sql: Sql, tenantId?: string): Promise<DrillResul
  * budget is spent. A drill is started only if 1.25 times its estimate (the tenant's last good
  * drill's duration, else its last drill's, else its snapshot's rows at the fleet's recent rate)
  * fits what is left; the first of a call always starts, so that a tenant longer than any budget
- * is drilled once its turn comes rather than never. One call at a time (a lease in pitr.drill_fleet_lease).
+ * is drilled once its turn comes rather than never. One call at a time (a lease in
+ * pitr.drill_fleet_lease).
  */
 export async function drillFleet(
   sql: Sql,
