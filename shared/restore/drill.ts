@@ -70,11 +70,11 @@ export async function drillFleet(
     select (extract(epoch from drill_budget) * 1000)::int as configured from pitr.settings`;
   const budget_ms = Math.min(options.budgetMs ?? configured, MAX_BUDGET_MS);
   const holder = crypto.randomUUID();
+  // Past the budget by ten minutes: a call that died frees it by then.
+  const leaseMs = budget_ms + 600_000;
   const [lease] = await sql`
     update pitr.drill_fleet_lease
-    set holder = ${holder}, expires_at = clock_timestamp() + ${
-    budget_ms + 600_000
-  } * interval '1 ms'
+    set holder = ${holder}, expires_at = clock_timestamp() + ${leaseMs} * interval '1 ms'
     where expires_at < clock_timestamp() or holder is null
     returning holder`;
   if (!lease) {
@@ -99,9 +99,9 @@ export async function drillFleet(
     const drills: DrillResult[] = [];
     for (const t of queue) {
       const left = budget_ms - (performance.now() - started);
-      if (drills.length > 0 && (left <= 0 || (t.estimate_ms ?? 0) * ESTIMATE_MARGIN > left)) {
-        continue;
-      }
+      if (drills.length > 0 && left <= 0) break;
+      // Passed over, not dropped: its place in the order is kept for the next call.
+      if (drills.length > 0 && (t.estimate_ms ?? 0) * ESTIMATE_MARGIN > left) continue;
       drills.push(await drillTenant(sql, t.tenant_id));
     }
     return {
