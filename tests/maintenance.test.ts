@@ -229,6 +229,26 @@ dbTest(
   },
 );
 
+dbTest("one run at a time: a run that finds another in progress does nothing", async () => {
+  const [{ before }] = await sql<{ before: string }[]>`
+    select count(*) as before from pitr.log_maintenance_runs`;
+  const other = await sql.reserve();
+  try {
+    await other`select pg_advisory_lock(hashtext('pitr:log-maintenance'))`;
+    await sql`call pitr.maintain_change_log()`.simple();
+    const [{ during }] = await sql<{ during: string }[]>`
+      select count(*) as during from pitr.log_maintenance_runs`;
+    assert.equal(Number(during), Number(before));
+  } finally {
+    await other`select pg_advisory_unlock(hashtext('pitr:log-maintenance'))`;
+    other.release();
+  }
+  await sql`call pitr.maintain_change_log()`.simple();
+  const [{ after }] = await sql<{ after: string }[]>`
+    select count(*) as after from pitr.log_maintenance_runs`;
+  assert.equal(Number(after), Number(before) + 1);
+});
+
 dbTest("the runs table, the status view and the job are closed to every API role", async () => {
   const [r] = await sql<{ readable: boolean; callable: boolean }[]>`
     select bool_or(has_table_privilege(role, rel, 'SELECT')) as readable,

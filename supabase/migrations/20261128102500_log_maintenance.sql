@@ -211,6 +211,12 @@ declare
   v_timeouts integer := 0;
   v_left text[] := '{}';
 begin
+  -- One run at a time (pg_cron and an operator's `deno task maintain` may meet): a session lock,
+  -- held across the commits below, released at the end or when the session ends.
+  if not pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('pitr:log-maintenance')) then
+    raise notice 'pitr: another run of the log maintenance is in progress';
+    return;
+  end if;
   insert into pitr.log_maintenance_runs default values returning id into v_run;
   select s.maintenance_attempts, s.maintenance_lock_timeout into v_attempts, v_timeout
   from pitr.settings s;
@@ -289,6 +295,7 @@ begin
   -- The history stays short: the last 200 runs.
   delete from pitr.log_maintenance_runs where id <= v_run - 200;
   commit;
+  perform pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('pitr:log-maintenance'));
 end
 $$;
 
