@@ -219,6 +219,11 @@ const v = {
   allow_empty: mostly(fc.boolean(), anyJson),
   // Valid for the status list (1-100) and for a diff page (1-1000) alike.
   limit: mostly(fc.integer({ min: 1, max: 100 }), fc.oneof(fc.integer(), hostileString, anyJson)),
+  // Small, so that a fleet drill call stays short.
+  budget_s: mostly(
+    fc.double({ min: 0.001, max: 2, noNaN: true }),
+    fc.oneof(fc.double(), hostileString, anyJson),
+  ),
 };
 type Field = keyof typeof v;
 const shaped = (required: Field[], optional: Field[]) =>
@@ -241,7 +246,7 @@ const SHAPES: Record<string, fc.Arbitrary<Record<string, unknown>>[]> = {
     shaped(["snapshot_id"], ["tables", "strategy"]),
     shaped(["tenant_id", "at"], ["tables", "strategy"]),
   ],
-  "POST pitr-drill": [shaped([], ["tenant_id"])],
+  "POST pitr-drill": [shaped([], ["tenant_id"]), shaped([], ["budget_s"])],
   "POST pitr-diff": [
     shaped(["snapshot_id", "table"], ["change", "limit", "cursor"]),
     shaped(["tenant_id", "at", "table"], ["change", "limit"]),
@@ -278,6 +283,9 @@ const QUERIES: Record<string, fc.Arbitrary<Record<string, string>>> = {
     }),
   ),
   "DELETE pitr-execute": fc.record({ rollback_id: v.rollback_id.map(String) }),
+  "GET pitr-drill": fc.record({ tenant_id: v.tenant_id.map(String), limit: v.limit.map(String) }, {
+    requiredKeys: [],
+  }),
   "POST pitr-execute": fc.record({ wait: fc.constantFrom("true", "false") }, { requiredKeys: [] }),
 };
 const hostileQuery = fc.oneof(
@@ -310,6 +318,7 @@ const ENDPOINTS = [
   ["POST", "pitr-execute"],
   ["GET", "pitr-status"],
   ["POST", "pitr-drill"],
+  ["GET", "pitr-drill"],
   ["POST", "pitr-diff"],
   ["POST", "pitr-execute/cancel"],
   ["DELETE", "pitr-execute"],

@@ -303,7 +303,7 @@ dbTest(
       ["pitr-execute/cancel", "GET"],
       ["pitr-execute/cancel", "DELETE"],
       ["pitr-status", "POST"],
-      ["pitr-drill", "GET"],
+      ["pitr-drill", "DELETE"],
       ["openapi.json", "POST"],
     ];
     for (const [path, method] of cases) {

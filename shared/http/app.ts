@@ -6,7 +6,7 @@ import { budgetFromEnv } from "../db/budget.ts";
 import { configuredDatabaseUrl, connect, sessionsOf, type Sql } from "../db/client.ts";
 import { transaction } from "../db/transaction.ts";
 import { diffPage, diffPageAt } from "../restore/diff.ts";
-import { runDrills } from "../restore/drill.ts";
+import { drillFleet, drillReport, runDrills } from "../restore/drill.ts";
 import { Unprocessable } from "../restore/errors.ts";
 import { executeRestore } from "../restore/execute.ts";
 import {
@@ -46,6 +46,7 @@ import {
   CancelQuery,
   DiffBody,
   DrillBody,
+  DrillQuery,
   ExecuteBody,
   ExecuteHeaders,
   ExecuteQuery,
@@ -82,7 +83,7 @@ const METHODS: Record<string, string[]> = {
   "/pitr-execute": ["POST", "DELETE"],
   "/pitr-execute/cancel": ["POST"],
   "/pitr-status": ["GET"],
-  "/pitr-drill": ["POST"],
+  "/pitr-drill": ["GET", "POST"],
   "/pitr-diff": ["POST"],
 };
 
@@ -277,7 +278,22 @@ export function createApp(deps: AppDeps): Hono {
     else if (p.role !== "service_role") {
       throw new Forbidden("forbidden_tenant", "only the service role drills every tenant");
     }
-    return c.json({ drills: await runDrills(sql, tenant) });
+    if (tenant !== undefined) return c.json({ drills: await runDrills(sql, tenant) });
+    const budgetMs = body.budget_s === undefined ? undefined : Math.round(body.budget_s * 1000);
+    return c.json(await drillFleet(sql, { budgetMs }));
+  });
+
+  // The drill report: the service role reads every tenant's, an admin its own tenant's.
+  api.get("/pitr-drill", async (c) => {
+    const q = parse(DrillQuery, queryOf(c.req.url));
+    const p = c.var.principal;
+    const tenant = q.tenant_id ?? ownTenant(p);
+    requireAction(p, "write");
+    if (tenant !== undefined) requireTenant(p, tenant);
+    else if (p.role !== "service_role") {
+      throw new Forbidden("forbidden_tenant", "only the service role reads every tenant's drills");
+    }
+    return c.json(await drillReport(sql, { tenantId: tenant, limit: q.limit }));
   });
 
   const app = new Hono();

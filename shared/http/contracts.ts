@@ -196,13 +196,30 @@ export const StatusQuery = z.strictObject({
 export const CancelBody = z.strictObject({ rollback_id: Id });
 export const CancelQuery = CancelBody;
 
-export const DrillBody = z.strictObject({ tenant_id: TenantId.optional() });
+/**
+ * `POST pitr-drill`: one tenant's drill, or (service role, no tenant_id) one fleet call that drills
+ * the least recently drilled tenants for at most `budget_s` seconds (default: the setting, 100 s).
+ */
+export const DrillBody = z.strictObject({
+  tenant_id: TenantId.optional(),
+  budget_s: z.number().positive().max(140).optional(),
+}).superRefine((b, ctx) => {
+  if (b.tenant_id !== undefined && b.budget_s !== undefined) {
+    ctx.addIssue({ code: "custom", path: ["budget_s"], message: "only for a fleet call" });
+  }
+});
+
+/** `GET pitr-drill?tenant_id=&limit=`: the drill report, failures first. */
+export const DrillQuery = z.strictObject({
+  tenant_id: TenantId.optional(),
+  limit: Count(10000).optional(),
+});
 
 export type SnapshotCreate = z.infer<typeof SnapshotCreate>;
 export type ValidateBody = z.output<typeof ValidateBody>;
 export type PlanBody = z.output<typeof PlanBody>;
 export type ExecuteBody = z.output<typeof ExecuteBody>;
-export type DrillBody = z.infer<typeof DrillBody>;
+export type DrillBody = z.output<typeof DrillBody>;
 export type DiffBody = z.output<typeof DiffBody>;
 
 const REQUIRED = "\u0000required"; // no message of zod's or ours can be this
