@@ -237,12 +237,12 @@ dbTest(
   async () => {
     const [{ applied, cron }] = await sql<{ applied: boolean; cron: boolean }[]>`
       select exists (select from supabase_migrations.schema_migrations
-        where version = '20261128102700') as applied,
+        where version = '20261128230200') as applied,
         exists (select from pg_namespace where nspname = 'cron') as cron`;
     assert.equal(applied, true);
     if (cron) return; // a real Supabase database: the jobs are scheduled, not ours to run here
     const text = await Deno.readTextFile(
-      new URL("../supabase/migrations/20261128102700_cron_fleet.sql", import.meta.url),
+      new URL("../supabase/migrations/20261128230200_cron_fleet.sql", import.meta.url),
     );
     assert.match(text, /cron\.schedule\('pitr-log-maintenance', '41 13 \* \* \*'/);
     assert.match(text, /'\*\/2 1-4 \* \* \*'/);

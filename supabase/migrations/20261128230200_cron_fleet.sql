@@ -12,7 +12,7 @@
 -- pg_net's timeout (300 s) and the Edge wall clock (150 s) stay above the budget.
 --
 -- Maintenance: `call pitr.maintain_change_log()` daily at 13:41 UTC, far from the drill window (its
--- steps give up within lock_timeout on a locked log anyway, 20261128102500_log_maintenance.sql).
+-- steps give up within lock_timeout on a locked log anyway, 20261128230000_log_maintenance.sql).
 -- The job's command is the CALL alone: pg_cron runs a lone CALL outside a transaction block, so
 -- the procedure may commit after each step (with another statement in the command it could not).
 -- To see results:
