@@ -249,6 +249,8 @@ interface TableSpec {
   partitioned: boolean;
   /** A reference to a global table (no tenant column, not protected), and its ON DELETE. */
   country: "none" | "no action" | "cascade" | "set null";
+  /** A column dropped after the table was made: rows' physical layout differs from the visible. */
+  dropped: boolean;
 }
 interface FkSpec {
   child: number;
@@ -277,6 +279,7 @@ const tableSpec = fc.record({
     "cascade",
     "set null",
   ),
+  dropped: fc.boolean(),
 });
 
 const schemaSpec: fc.Arbitrary<SchemaSpec> = fc.tuple(
@@ -322,6 +325,7 @@ function ddl(s: string, spec: SchemaSpec): string {
   ];
   spec.tables.forEach((t, i) => {
     const cols = [`tenant_id int4 not null`, `id int4 not null`];
+    if (t.dropped) cols.push(`gone int4`);
     if (t.key === "composite") cols.push(`k ${KEY_TYPES[t.keyType].type(s)} not null`);
     if (t.unique !== "none") cols.push(`u int4`);
     if (t.unique === "uv") cols.push(`v text`);
@@ -345,9 +349,15 @@ function ddl(s: string, spec: SchemaSpec): string {
       `create table ${name} (${cols.join(", ")})` +
         (t.partitioned ? ` partition by list (tenant_id)` : ""),
     );
+    if (t.dropped) out.push(`alter table ${name} drop column gone`);
     if (t.partitioned) {
       out.push(`create table ${s}.${ident(`p${i} 1`)} partition of ${name} for values in (1)`);
-      out.push(`create table ${s}.${ident(`p${i} 2`)} partition of ${name} for values in (2)`);
+      // Tenant 2's partition is made on its own with its columns in another order, then
+      // attached: its rows' layout differs from the parent's (as after a partition swap).
+      const columns = cols.filter((c) => !/^(primary key|unique|gone )/.test(c))
+        .map((c) => c.replace(/ references .*$/, "")).reverse();
+      out.push(`create table ${s}.${ident(`p${i} 2`)} (${columns.join(", ")})`);
+      out.push(`alter table ${name} attach partition ${s}.${ident(`p${i} 2`)} for values in (2)`);
       out.push(`create table ${s}.${ident(`p${i} d`)} partition of ${name} default`);
     }
   });
