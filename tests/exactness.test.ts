@@ -158,6 +158,20 @@ const jsonb = fc.oneof(
 const bytea = fc.uint8Array({ maxLength: 6 }).map((b) =>
   "\\x" + [...b].map((x) => x.toString(16).padStart(2, "0")).join("")
 );
+// Values stored out of line (TOAST), compressed or not.
+const bigText = {
+  weight: 1,
+  arbitrary: fc.oneof(
+    fc.integer({ min: 2000, max: 20000 }).map((n) => "é".repeat(n)),
+    fc.string({ minLength: 3000, maxLength: 5000 }),
+  ),
+};
+const bigBytea = {
+  weight: 1,
+  arbitrary: fc.uint8Array({ minLength: 3000, maxLength: 6000 }).map((b) =>
+    "\\x" + [...b].map((x) => x.toString(16).padStart(2, "0")).join("")
+  ),
+};
 const money = pick("12.34", "-0.01", "0", "92233720368547758.07", "-92233720368547758.08", "1000");
 const mood = pick("sad", "ok", "happy", "it's");
 const pair = fc.tuple(fc.option(oddText, { nil: null }), fc.option(float, { nil: null }), intArray)
@@ -180,7 +194,7 @@ interface ColType {
 const TYPES: Record<string, ColType> = {
   int4: { type: () => "int4", value: fc.integer().map(String) },
   int8: { type: () => "int8", value: pick("9223372036854775807", "-9223372036854775808", "0") },
-  text: { type: () => "text", value: oddText },
+  text: { type: () => "text", value: fc.oneof({ weight: 8, arbitrary: oddText }, bigText) },
   float8: { type: () => "float8", value: float },
   float4: { type: () => "float4", value: real },
   numeric: { type: () => "numeric", value: numeric },
@@ -190,7 +204,7 @@ const TYPES: Record<string, ColType> = {
   int_2d: { type: () => "int4[]", value: int2d },
   text_array: { type: () => "text[]", value: textArray },
   float_array: { type: () => "float8[]", value: floatArray },
-  bytea: { type: () => "bytea", value: bytea },
+  bytea: { type: () => "bytea", value: fc.oneof({ weight: 8, arbitrary: bytea }, bigBytea) },
   bool: { type: () => "bool", value: pick("true", "false") },
   timestamptz: { type: () => "timestamptz", value: timestamptz },
   timestamp: { type: () => "timestamp", value: timestamp },
@@ -251,6 +265,8 @@ interface TableSpec {
   country: "none" | "no action" | "cascade" | "set null";
   /** A column dropped after the table was made: rows' physical layout differs from the visible. */
   dropped: boolean;
+  /** GENERATED ALWAYS columns: an identity (not on a partitioned table) and a stored expression. */
+  generated: boolean;
 }
 interface FkSpec {
   child: number;
@@ -280,6 +296,7 @@ const tableSpec = fc.record({
     "set null",
   ),
   dropped: fc.boolean(),
+  generated: fc.integer({ min: 0, max: 2 }).map((n) => n === 0),
 });
 
 const schemaSpec: fc.Arbitrary<SchemaSpec> = fc.tuple(
@@ -326,6 +343,10 @@ function ddl(s: string, spec: SchemaSpec): string {
   spec.tables.forEach((t, i) => {
     const cols = [`tenant_id int4 not null`, `id int4 not null`];
     if (t.dropped) cols.push(`gone int4`);
+    if (t.generated) {
+      if (!t.partitioned) cols.push(`seq int8 generated always as identity`);
+      cols.push(`gen text generated always as (id::text || '/' || tenant_id::text) stored`);
+    }
     if (t.key === "composite") cols.push(`k ${KEY_TYPES[t.keyType].type(s)} not null`);
     if (t.unique !== "none") cols.push(`u int4`);
     if (t.unique === "uv") cols.push(`v text`);
@@ -404,6 +425,8 @@ interface Row {
   k: string;
   refs: (number | null)[];
   country: string | null;
+  /** Takes one of the last few ids again (a key deleted and inserted anew), or a new one. */
+  reuse: number | null;
 }
 
 const SESSIONS = 3;
@@ -447,6 +470,7 @@ function rowOf(spec: SchemaSpec, t: number): fc.Arbitrary<Row> {
     v: fc.option(pick("x", "y", ""), { nil: null, freq: 5 }),
     k: KEY_TYPES[spec.tables[t].keyType].value,
     country: fc.option(fc.constantFrom(...COUNTRIES), { nil: null, freq: 4 }),
+    reuse: fc.option(fc.nat(4), { nil: null, freq: 4 }),
     refs: fc.array(fc.option(fc.nat(), { nil: null, freq: 4 }), {
       minLength: spec.fks.length,
       maxLength: spec.fks.length,
@@ -835,7 +859,10 @@ async function run(sc: Scenario) {
     const spect = spec.tables[t];
     const cols = ["tenant_id", "id"];
     const vals = ["$1::int4", "$2::int4"];
-    const params: unknown[] = [tenant, nextId++];
+    const params: unknown[] = [
+      tenant,
+      row.reuse === null ? nextId++ : Math.max(1, nextId - 1 - row.reuse),
+    ];
     const add = (col: string, value: unknown, cast: string) => {
       params.push(value);
       cols.push(ident(col));
@@ -944,21 +971,18 @@ async function run(sc: Scenario) {
       case "duplicate":
         // Identical rows in a table without a key; elsewhere an insert like any other.
         if (rows.length === 0) return;
-        if (spect.key === "none") {
-          return await write(`insert into ${tables[t]} select * from ${tables[t]} where ${where}`, [
-            at(op.pick),
-          ]);
-        }
         {
-          // A copy under a new id: refused where another unique key of it is taken.
+          // Generated columns are computed again (an identity takes its next value).
           const [{ cols }] = await sql<{ cols: string[] }[]>`
             select array_agg(attname::text order by attnum) as cols from pg_attribute
-            where attrelid = ${tables[t]}::regclass and attnum > 0 and not attisdropped`;
+            where attrelid = ${tables[t]}::regclass and attnum > 0 and not attisdropped
+              and attidentity = '' and attgenerated = ''`;
+          // Elsewhere a copy under a new id: refused where another unique key of it is taken.
+          const copy = (c: string) => (c === "id" && spect.key !== "none" ? "$2::int4" : ident(c));
           return await write(
             `insert into ${tables[t]} (${cols.map(ident).join(", ")})
-            select ${cols.map((c) => (c === "id" ? "$2::int4" : ident(c))).join(", ")}
-            from ${tables[t]} where ${where}`,
-            [at(op.pick), nextId++],
+            select ${cols.map(copy).join(", ")} from ${tables[t]} where ${where}`,
+            spect.key === "none" ? [at(op.pick)] : [at(op.pick), nextId++],
           );
         }
     }
@@ -1107,6 +1131,18 @@ async function run(sc: Scenario) {
     const renamedSince = r.from === "snapshot" && mark.ddl < schemaChanges;
     const subset = names.filter((_, i) => chosen[i]);
     const before = await readState(tables);
+    // Where the primary key is (id) alone, an id the workload reused may now be another tenant's:
+    // restoring the row that had it is refused (key_conflict), as it must be.
+    const idOf = (row: string) => row.match(/^\(-?\d+,(-?\d+),/)![1];
+    const heldByOther = spec.tables.some((t, i) => {
+      if (!chosen[i] || t.key !== "id" || t.partitioned) return false;
+      const others = new Set(
+        TENANTS.filter((o) => o !== tenant).flatMap((o) =>
+          before.get(tables[i])!.get(o)!.rows.map(idOf)
+        ),
+      );
+      return mark.state.get(tables[i])!.get(tenant)!.rows.some((row) => others.has(idOf(row)));
+    });
     const pool = r.oddSession ? odd : sql;
     let snapshotId: string;
     if (r.from === "snapshot") {
@@ -1155,7 +1191,8 @@ async function run(sc: Scenario) {
       codes.set(code, (codes.get(code) ?? 0) + 1);
       stats.refused++;
       assert.ok(
-        (REFUSALS.has(code) && !closed) || (renamedSince && SCHEMA_REFUSALS.has(code)),
+        (REFUSALS.has(code) && !closed) || (renamedSince && SCHEMA_REFUSALS.has(code)) ||
+          (heldByOther && code === "key_conflict"),
         `${what}: ${status.status} ${code}: ${status.error?.message}`,
       );
       assert.ok(status.error!.message.length > 0);
