@@ -62,6 +62,11 @@ for (const name of ["C", "C.utf8", "POSIX", "de_DE.utf8", "fr_FR.utf8", "en_IN.u
 }
 
 const TENANTS = [1, 2, 3];
+// Exclusion constraints per tenant need btree_gist (for tenant_id with =), where it exists.
+const BTREE_GIST = await sql`create extension if not exists btree_gist`.then(
+  () => true,
+  () => false,
+);
 const INTEGRITY = /^23/; // a write the constraints refused: the workload goes on
 
 // ---- Values: text literals, cast by the column's type on the way in ----
@@ -267,6 +272,8 @@ interface TableSpec {
   dropped: boolean;
   /** GENERATED ALWAYS columns: an identity (not on a partitioned table) and a stored expression. */
   generated: boolean;
+  /** An exclusion constraint on a range, per tenant (with btree_gist) or across tenants. */
+  exclusion: "none" | "tenant" | "global";
 }
 interface FkSpec {
   child: number;
@@ -297,6 +304,7 @@ const tableSpec = fc.record({
   ),
   dropped: fc.boolean(),
   generated: fc.integer({ min: 0, max: 2 }).map((n) => n === 0),
+  exclusion: fc.constantFrom<TableSpec["exclusion"]>("none", "none", "none", "tenant", "global"),
 });
 
 const schemaSpec: fc.Arbitrary<SchemaSpec> = fc.tuple(
@@ -343,6 +351,8 @@ function ddl(s: string, spec: SchemaSpec): string {
   spec.tables.forEach((t, i) => {
     const cols = [`tenant_id int4 not null`, `id int4 not null`];
     if (t.dropped) cols.push(`gone int4`);
+    const exclusion = exclusionOf(t);
+    if (exclusion !== "none") cols.push(`span int4range`);
     if (t.generated) {
       if (!t.partitioned) cols.push(`seq int8 generated always as identity`);
       cols.push(`gen text generated always as (id::text || '/' || tenant_id::text) stored`);
@@ -363,6 +373,8 @@ function ddl(s: string, spec: SchemaSpec): string {
     if (t.key === "composite") cols.push(`primary key (k, tenant_id)`, `unique (tenant_id, id)`);
     if (t.unique === "u") cols.push(`unique (tenant_id, u)`);
     if (t.unique === "uv") cols.push(`unique (tenant_id, u, v)`);
+    if (exclusion === "tenant") cols.push(`exclude using gist (tenant_id with =, span with &&)`);
+    if (exclusion === "global") cols.push(`exclude using gist (span with &&)`);
     // A partitioned table's unique keys must hold its partition key: (id) alone cannot.
     if (t.partitioned && t.key === "id") cols.splice(cols.indexOf(`primary key (id)`), 1);
     const name = `${s}.${ident(tableName(i))}`;
@@ -375,7 +387,7 @@ function ddl(s: string, spec: SchemaSpec): string {
       out.push(`create table ${s}.${ident(`p${i} 1`)} partition of ${name} for values in (1)`);
       // Tenant 2's partition is made on its own with its columns in another order, then
       // attached: its rows' layout differs from the parent's (as after a partition swap).
-      const columns = cols.filter((c) => !/^(primary key|unique|gone )/.test(c))
+      const columns = cols.filter((c) => !/^(primary key|unique|exclude|gone )/.test(c))
         .map((c) => c.replace(/ references .*$/, "")).reverse();
       out.push(`create table ${s}.${ident(`p${i} 2`)} (${columns.join(", ")})`);
       out.push(`alter table ${name} attach partition ${s}.${ident(`p${i} 2`)} for values in (2)`);
@@ -397,6 +409,13 @@ function ddl(s: string, spec: SchemaSpec): string {
   return out.map((x) => x + ";").join("\n");
 }
 
+/**
+ * The exclusion constraint a table gets: none on a partitioned table (PostgreSQL 15 has none
+ * there), across tenants where btree_gist is not installed.
+ */
+const exclusionOf = (t: TableSpec) =>
+  t.partitioned ? "none" : t.exclusion === "tenant" && !BTREE_GIST ? "global" : t.exclusion;
+
 /** A table's key kind as the engine sees it: a partitioned "id" table has no primary key. */
 const hasPrimaryKey = (t: TableSpec) => t.key !== "none" && !(t.partitioned && t.key === "id");
 
@@ -406,8 +425,22 @@ type Op =
   | { kind: "insert"; table: number; tenant: number; rows: Row[] }
   | { kind: "update"; table: number; tenant: number; pick: number; col: number; value: string }
   | { kind: "null"; table: number; tenant: number; pick: number; col: number }
-  | { kind: "key"; table: number; tenant: number; pick: number; what: "id" | "u" | "k"; to: Row }
-  | { kind: "swap"; table: number; tenant: number; a: number; b: number; what: "id" | "u" | "k" }
+  | {
+    kind: "key";
+    table: number;
+    tenant: number;
+    pick: number;
+    what: "id" | "u" | "k" | "span";
+    to: Row;
+  }
+  | {
+    kind: "swap";
+    table: number;
+    tenant: number;
+    a: number;
+    b: number;
+    what: "id" | "u" | "k" | "span";
+  }
   | { kind: "ref"; table: number; tenant: number; pick: number; fk: number; parent: number | null }
   | { kind: "delete"; table: number; tenant: number; pick: number }
   | { kind: "duplicate"; table: number; tenant: number; pick: number }
@@ -425,6 +458,7 @@ interface Row {
   k: string;
   refs: (number | null)[];
   country: string | null;
+  span: string;
   /** Takes one of the last few ids again (a key deleted and inserted anew), or a new one. */
   reuse: number | null;
 }
@@ -471,6 +505,11 @@ function rowOf(spec: SchemaSpec, t: number): fc.Arbitrary<Row> {
     k: KEY_TYPES[spec.tables[t].keyType].value,
     country: fc.option(fc.constantFrom(...COUNTRIES), { nil: null, freq: 4 }),
     reuse: fc.option(fc.nat(4), { nil: null, freq: 4 }),
+    span: fc.oneof(
+      pick("empty", "(,)"),
+      fc.tuple(fc.integer({ min: 0, max: 30 }), fc.integer({ min: 1, max: 4 }))
+        .map(([a, n]) => `[${a},${a + n})`),
+    ),
     refs: fc.array(fc.option(fc.nat(), { nil: null, freq: 4 }), {
       minLength: spec.fks.length,
       maxLength: spec.fks.length,
@@ -531,7 +570,7 @@ function workload(spec: SchemaSpec): fc.Arbitrary<Op[]> {
           table: fc.constant(t),
           tenant,
           pick: fc.nat(),
-          what: pick<"id" | "u" | "k">("id", "u", "k"),
+          what: pick<"id" | "u" | "k" | "span">("id", "u", "k", "span"),
           to: row(t),
         })
       ),
@@ -544,7 +583,7 @@ function workload(spec: SchemaSpec): fc.Arbitrary<Op[]> {
         tenant,
         a: fc.nat(),
         b: fc.nat(),
-        what: pick<"id" | "u" | "k">("id", "u", "k"),
+        what: pick<"id" | "u" | "k" | "span">("id", "u", "k", "span"),
       }),
     },
     {
@@ -815,7 +854,14 @@ async function run(sc: Scenario) {
   }));
   let session = sessions[0];
   let nextId = 1;
-  const marks: { state: State; snapshots: Map<number, string>; at: string; ddl: number }[] = [];
+  const marks: {
+    state: State;
+    snapshots: Map<number, string>;
+    at: string;
+    ddl: number;
+    /** Per table with an exclusion across tenants, per tenant: its ranges then. */
+    spans: Map<number, Map<number, string[]>>;
+  }[] = [];
 
   const ctids = async (t: number, tenant: number, on: typeof sql = sql) =>
     (await on.unsafe<{ c: string }[]>(
@@ -872,6 +918,7 @@ async function run(sc: Scenario) {
     if (spect.unique !== "none") add("u", row.u === null ? null : String(row.u), "int4");
     if (spect.unique === "uv") add("v", row.v, "text");
     if (spect.country !== "none") add("country", row.country, "text");
+    if (exclusionOf(spect) !== "none") add("span", row.span, "int4range");
     for (const [k, f] of spec.fks.entries()) {
       if (f.child !== t) continue;
       const key = await parentKey(k, tenant, row.refs[k]);
@@ -904,7 +951,22 @@ async function run(sc: Scenario) {
         snapshots.set(tenant, s.snapshot_id);
       }
       const state = await readState(tables);
-      marks.push({ state, snapshots, at: await clearMoment(sql), ddl: schemaChanges });
+      const spans = new Map<number, Map<number, string[]>>();
+      for (const [i, t] of spec.tables.entries()) {
+        if (exclusionOf(t) !== "global") continue;
+        const r = await sql.unsafe<{ tenant: number; spans: string[] }[]>(
+          `select tenant_id as tenant, array_agg(span::text) as spans from ${tables[i]}
+          where span is not null group by 1`,
+        );
+        spans.set(i, new Map(r.map((x) => [x.tenant, x.spans])));
+      }
+      marks.push({
+        spans,
+        state,
+        snapshots,
+        at: await clearMoment(sql),
+        ddl: schemaChanges,
+      });
       return;
     }
     if (op.kind === "country") {
@@ -1026,6 +1088,12 @@ async function run(sc: Scenario) {
             spect.unique === "uv" ? [at(op.pick), op.to.u, op.to.v] : [at(op.pick), op.to.u],
           );
         }
+        if (op.what === "span" && exclusionOf(spect) !== "none") {
+          return await write(`update ${tables[t]} set span = $2::text::int4range where ${where}`, [
+            at(op.pick),
+            op.to.span,
+          ]);
+        }
         if (op.what === "k" && spect.key === "composite") {
           return await write(
             `update ${tables[t]} set k = $2::text::${KEY_TYPES[spect.keyType].type(schema)}
@@ -1043,11 +1111,17 @@ async function run(sc: Scenario) {
           ? "u"
           : op.what === "k" && spect.key === "composite" && SPARE[spect.keyType]
           ? "k"
+          : op.what === "span" && exclusionOf(spect) !== "none"
+          ? "span"
           : null;
         const [a, b] = [at(op.a), at(op.b)];
         if (!col || a === b) return;
-        const type = col === "k" ? KEY_TYPES[spect.keyType].type(schema) : "int4";
-        const spare = col === "k" ? SPARE[spect.keyType] : "-1000000";
+        const type = col === "k"
+          ? KEY_TYPES[spect.keyType].type(schema)
+          : col === "span"
+          ? "int4range"
+          : "int4";
+        const spare = col === "k" ? SPARE[spect.keyType] : col === "span" ? "empty" : "-1000000";
         const value = (c: string) =>
           session.unsafe<{ x: string | null }[]>(
             `select ${col}::text as x from ${tables[t]} where ${where}`,
@@ -1142,7 +1216,17 @@ async function run(sc: Scenario) {
         ),
       );
       return mark.state.get(tables[i])!.get(tenant)!.rows.some((row) => others.has(idOf(row)));
-    });
+    }) || (await Promise.all(spec.tables.map(async (_, i) => {
+      // Or a range of the target overlaps one another tenant holds now, across tenants.
+      const mine = mark.spans.get(i)?.get(tenant);
+      if (!chosen[i] || !mine) return false;
+      const [{ overlap }] = await sql.unsafe<{ overlap: boolean }[]>(
+        `select exists (select from unnest($1::text[]) s(x) join ${tables[i]} o
+          on o.tenant_id <> $2 and o.span && s.x::int4range) as overlap`,
+        [mine, tenant],
+      );
+      return overlap;
+    }))).some((x) => x);
     const pool = r.oddSession ? odd : sql;
     let snapshotId: string;
     if (r.from === "snapshot") {
