@@ -287,7 +287,13 @@ interface FkSpec {
 interface SchemaSpec {
   tables: TableSpec[];
   fks: FkSpec[];
+  /** The tenant column, the same in every table: its name and type. */
+  tenant: { name: string; type: "int4" | "int8" | "text" };
 }
+const tenantColumn = fc.record({
+  name: pick("tenant_id", "Org Id", 'te"nant'),
+  type: pick<"int4" | "int8" | "text">("int4", "int8", "text"),
+});
 
 const tableSpec = fc.record({
   key: fc.constantFrom<KeyKind>("id", "tenant_id", "composite", "none"),
@@ -317,7 +323,7 @@ const schemaSpec: fc.Arbitrary<SchemaSpec> = fc.tuple(
     partitioned: partitioned !== null && i === partitioned % generated.length,
   }));
   const keyed = tables.map((t, i) => [t, i] as const).filter(([t]) => t.key !== "none");
-  if (keyed.length === 0) return fc.constant({ tables, fks: [] });
+  if (keyed.length === 0) return tenantColumn.map((tenant) => ({ tables, fks: [], tenant }));
   const fk = fc.record({
     child: fc.nat(tables.length - 1),
     parent: fc.constantFrom(...keyed.map(([, i]) => i)),
@@ -327,7 +333,8 @@ const schemaSpec: fc.Arbitrary<SchemaSpec> = fc.tuple(
     deferred: fc.integer({ min: 0, max: 5 }).map((n) => n === 0),
     full: fc.integer({ min: 0, max: 5 }).map((n) => n === 0),
   }).map((f) => ({ ...f, target: tables[f.parent].unique === "none" ? "id" as const : f.target }));
-  return fc.array(fk, { maxLength: 8 }).map((fks) => ({ tables, fks }));
+  return fc.tuple(fc.array(fk, { maxLength: 8 }), tenantColumn)
+    .map(([fks, tenant]) => ({ tables, fks, tenant }));
 });
 
 const ident = (s: string) => `"${s.replace(/"/g, '""')}"`;
@@ -339,7 +346,13 @@ const refCols = (k: number, f: FkSpec, tables: TableSpec[]) =>
 const targetCols = (f: FkSpec, tables: TableSpec[]) =>
   f.target === "id" ? ["id"] : tables[f.parent].unique === "uv" ? ["u", "v"] : ["u"];
 
+/** The run's tenant column, quoted, and its type (set by ddl() from the schema's spec). */
+let TC = "tenant_id";
+let TT = "int4";
+
 function ddl(s: string, spec: SchemaSpec): string {
+  TC = ident(spec.tenant.name);
+  TT = spec.tenant.type;
   const out = [
     `create schema ${s}`,
     `create type ${s}.mood as enum ('sad', 'ok', 'happy', 'it''s')`,
@@ -349,13 +362,13 @@ function ddl(s: string, spec: SchemaSpec): string {
     `insert into ${s}.countries values ${COUNTRIES.map((c) => `('${c}')`).join(", ")}`,
   ];
   spec.tables.forEach((t, i) => {
-    const cols = [`tenant_id int4 not null`, `id int4 not null`];
+    const cols = [`${TC} ${TT} not null`, `id int4 not null`];
     if (t.dropped) cols.push(`gone int4`);
     const exclusion = exclusionOf(t);
     if (exclusion !== "none") cols.push(`span int4range`);
     if (t.generated) {
       if (!t.partitioned) cols.push(`seq int8 generated always as identity`);
-      cols.push(`gen text generated always as (id::text || '/' || tenant_id::text) stored`);
+      cols.push(`gen text generated always as (id::text || '/' || ${TC}::text) stored`);
     }
     if (t.key === "composite") cols.push(`k ${KEY_TYPES[t.keyType].type(s)} not null`);
     if (t.unique !== "none") cols.push(`u int4`);
@@ -368,29 +381,29 @@ function ddl(s: string, spec: SchemaSpec): string {
       refCols(k, f, spec.tables).forEach((c, j) => cols.push(`${ident(c)} ${j ? "text" : "int4"}`));
     });
     for (const c of t.cols) cols.push(`${ident(colName(c))} ${TYPES[c].type(s)}`);
-    if (t.key === "id") cols.push(`primary key (id)`, `unique (tenant_id, id)`);
-    if (t.key === "tenant_id") cols.push(`primary key (tenant_id, id)`);
-    if (t.key === "composite") cols.push(`primary key (k, tenant_id)`, `unique (tenant_id, id)`);
-    if (t.unique === "u") cols.push(`unique (tenant_id, u)`);
-    if (t.unique === "uv") cols.push(`unique (tenant_id, u, v)`);
-    if (exclusion === "tenant") cols.push(`exclude using gist (tenant_id with =, span with &&)`);
+    if (t.key === "id") cols.push(`primary key (id)`, `unique (${TC}, id)`);
+    if (t.key === "tenant_id") cols.push(`primary key (${TC}, id)`);
+    if (t.key === "composite") cols.push(`primary key (k, ${TC})`, `unique (${TC}, id)`);
+    if (t.unique === "u") cols.push(`unique (${TC}, u)`);
+    if (t.unique === "uv") cols.push(`unique (${TC}, u, v)`);
+    if (exclusion === "tenant") cols.push(`exclude using gist (${TC} with =, span with &&)`);
     if (exclusion === "global") cols.push(`exclude using gist (span with &&)`);
     // A partitioned table's unique keys must hold its partition key: (id) alone cannot.
     if (t.partitioned && t.key === "id") cols.splice(cols.indexOf(`primary key (id)`), 1);
     const name = `${s}.${ident(tableName(i))}`;
     out.push(
       `create table ${name} (${cols.join(", ")})` +
-        (t.partitioned ? ` partition by list (tenant_id)` : ""),
+        (t.partitioned ? ` partition by list (${TC})` : ""),
     );
     if (t.dropped) out.push(`alter table ${name} drop column gone`);
     if (t.partitioned) {
-      out.push(`create table ${s}.${ident(`p${i} 1`)} partition of ${name} for values in (1)`);
+      out.push(`create table ${s}.${ident(`p${i} 1`)} partition of ${name} for values in ('1')`);
       // Tenant 2's partition is made on its own with its columns in another order, then
       // attached: its rows' layout differs from the parent's (as after a partition swap).
       const columns = cols.filter((c) => !/^(primary key|unique|exclude|gone )/.test(c))
         .map((c) => c.replace(/ references .*$/, "")).reverse();
       out.push(`create table ${s}.${ident(`p${i} 2`)} (${columns.join(", ")})`);
-      out.push(`alter table ${name} attach partition ${s}.${ident(`p${i} 2`)} for values in (2)`);
+      out.push(`alter table ${name} attach partition ${s}.${ident(`p${i} 2`)} for values in ('2')`);
       out.push(`create table ${s}.${ident(`p${i} d`)} partition of ${name} default`);
     }
   });
@@ -399,8 +412,8 @@ function ddl(s: string, spec: SchemaSpec): string {
     const setNull = f.onDelete === "set null" ? ` (${child.join(", ")})` : "";
     out.push(
       `alter table ${s}.${ident(tableName(f.child))} add constraint ${ident(`fk ${k}`)} ` +
-        `foreign key (tenant_id, ${child.join(", ")}) references ` +
-        `${s}.${ident(tableName(f.parent))} (tenant_id, ${targetCols(f, spec.tables).join(", ")})` +
+        `foreign key (${TC}, ${child.join(", ")}) references ` +
+        `${s}.${ident(tableName(f.parent))} (${TC}, ${targetCols(f, spec.tables).join(", ")})` +
         (f.full ? " match full " : " ") +
         `on delete ${f.onDelete}${setNull} on update ${f.onUpdate}` +
         (f.deferred ? " deferrable initially deferred" : ""),
@@ -727,7 +740,7 @@ async function readState(tables: string[]): Promise<State> {
       ('bytea_output', 'hex'), ('lc_monetary', 'C')) s(name, setting)`;
     for (const t of tables) {
       const rows = await tx.unsafe<{ tenant: number; t: string; p: string }[]>(
-        `select x.tenant_id as tenant, x::text as t,
+        `select x.${TC}::text::int as tenant, x::text as t,
           concat_ws(' ', x.tableoid::regclass::text, x.ctid::text, x.xmin::text, x::text) as p
         from ${t} x`,
       );
@@ -836,8 +849,8 @@ async function run(sc: Scenario) {
   const names = spec.tables.map((_, i) => `${schema}.${tableName(i)}`); // as the API names them
   await sql.unsafe(ddl(schema, spec));
   for (const [i] of spec.tables.entries()) {
-    await sql`insert into pitr.backup_protected_tables (table_schema, table_name)
-      values (${schema}, ${tableName(i)})`;
+    await sql`insert into pitr.backup_protected_tables (table_schema, table_name, tenant_column)
+      values (${schema}, ${tableName(i)}, ${spec.tenant.name})`;
   }
   const captured = spec.tables.map(hasPrimaryKey);
   for (const [i, on] of captured.entries()) {
@@ -865,9 +878,11 @@ async function run(sc: Scenario) {
 
   const ctids = async (t: number, tenant: number, on: typeof sql = sql) =>
     (await on.unsafe<{ c: string }[]>(
-      `select tableoid::int8 || ':' || ctid::text as c from ${tables[t]} where tenant_id = $1
+      `select tableoid::int8 || ':' || ctid::text as c from ${
+        tables[t]
+      } where ${TC}::text = $1::text
       order by tableoid, ctid`,
-      [tenant],
+      [String(tenant)],
     )).map((r) => r.c);
   const where = `tableoid = split_part($1, ':', 1)::oid and ctid = split_part($1, ':', 2)::tid`;
   /** The parent key a reference takes, picked among the tenant's parent rows. */
@@ -877,8 +892,8 @@ async function run(sc: Scenario) {
     if (p === null) return cols.map(() => null);
     const keys = await sql.unsafe<{ a: number; b: string | null }[]>(
       `select ${cols[0]} as a, ${cols[1] ?? "null::text"} as b from ${tables[f.parent]}
-      where tenant_id = $1 and ${cols[0]} is not null order by 1, 2`,
-      [tenant],
+      where ${TC}::text = $1::text and ${cols[0]} is not null order by 1, 2`,
+      [String(tenant)],
     );
     if (keys.length === 0) return cols.map(() => null);
     const key = keys[p % keys.length];
@@ -903,10 +918,10 @@ async function run(sc: Scenario) {
 
   async function insert(t: number, tenant: number, row: Row) {
     const spect = spec.tables[t];
-    const cols = ["tenant_id", "id"];
-    const vals = ["$1::int4", "$2::int4"];
+    const cols = [TC, "id"];
+    const vals = [`$1::text::${TT}`, "$2::int4"];
     const params: unknown[] = [
-      tenant,
+      String(tenant),
       row.reuse === null ? nextId++ : Math.max(1, nextId - 1 - row.reuse),
     ];
     const add = (col: string, value: unknown, cast: string) => {
@@ -955,7 +970,7 @@ async function run(sc: Scenario) {
       for (const [i, t] of spec.tables.entries()) {
         if (exclusionOf(t) !== "global") continue;
         const r = await sql.unsafe<{ tenant: number; spans: string[] }[]>(
-          `select tenant_id as tenant, array_agg(span::text) as spans from ${tables[i]}
+          `select ${TC}::text::int as tenant, array_agg(span::text) as spans from ${tables[i]}
           where span is not null group by 1`,
         );
         spans.set(i, new Map(r.map((x) => [x.tenant, x.spans])));
@@ -1068,9 +1083,9 @@ async function run(sc: Scenario) {
         // Not where the primary key is (id) alone: the moved row would hold the key that a
         // restore of its former tenant brings back (a key_conflict, refused as it should be).
         if (spect.key === "id" && !spect.partitioned) return;
-        return await write(`update ${tables[t]} set tenant_id = $2 where ${where}`, [
+        return await write(`update ${tables[t]} set ${TC} = $2::text::${TT} where ${where}`, [
           at(op.pick),
-          op.to,
+          String(op.to),
         ]);
       case "key": {
         // A referenced key changed: cascades to children, or is refused by them.
@@ -1222,8 +1237,8 @@ async function run(sc: Scenario) {
       if (!chosen[i] || !mine) return false;
       const [{ overlap }] = await sql.unsafe<{ overlap: boolean }[]>(
         `select exists (select from unnest($1::text[]) s(x) join ${tables[i]} o
-          on o.tenant_id <> $2 and o.span && s.x::int4range) as overlap`,
-        [mine, tenant],
+          on o.${TC}::text <> $2::text and o.span && s.x::int4range) as overlap`,
+        [mine, String(tenant)],
       );
       return overlap;
     }))).some((x) => x);
