@@ -6,10 +6,12 @@
 // checked by query; or the restore was refused with a known code and nothing changed at all.
 // It must never compare anything weaker than row text, nor skip a check because a shape is hard.
 //
-// CI runs a fixed seed and a few runs. To search longer, or to replay a failure's seed:
+// CI runs a fixed seed and 20 runs (about 30 s). To search longer, or to replay a failure's seed:
 //   PITR_EXACT_RUNS=200 PITR_EXACT_SEED=12345 deno task test tests/exactness.test.ts
-// A failure prints the seed, the path to replay it, the schema's DDL and the workload; the
-// database is left behind (its name is printed by the cleanup test) with the run's schema in it.
+// A failure prints the seed, fast-check's path (PITR_EXACT_PATH replays it), the scenario and the
+// schema's DDL; the database is left behind (the cleanup test names it) with the run's schema in
+// it. PITR_EXACT_DUMP=file writes the failing scenario, PITR_EXACT_REPLAY=file runs it alone, and
+// PITR_EXACT_SHRINK=1 lets fast-check shrink it (slow: every attempt is a whole run).
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { connect } from "../shared/db/client.ts";
@@ -36,19 +38,6 @@ const PINNED = {
 };
 const url = (settings: Record<string, string>) => `${db.url}?${new URLSearchParams(settings)}`;
 const sql = connect(url(PINNED), { max: 6 });
-// Some restores run on sessions whose settings are odd (DateStyle stays ISO: the client reads the
-// service's own timestamps in it).
-const odd = connect(
-  url({
-    TimeZone: "America/St_Johns",
-    extra_float_digits: "-15",
-    IntervalStyle: "iso_8601",
-    lc_monetary: "C.utf8",
-  }),
-  { max: 4 },
-);
-// The application's sessions: the workload runs on these, each under its own random settings.
-const app = connect(db.url, { max: 4, sessions: 0 });
 
 /** The lc_monetary values this server accepts (only C locales on many CI machines). */
 const MONETARY: string[] = [];
@@ -60,6 +49,19 @@ for (const name of ["C", "C.utf8", "POSIX", "de_DE.utf8", "fr_FR.utf8", "en_IN.u
     // not installed here
   }
 }
+// Some restores run on sessions whose settings are odd (DateStyle stays ISO: the client reads the
+// service's own timestamps in it).
+const odd = connect(
+  url({
+    TimeZone: "America/St_Johns",
+    extra_float_digits: "-15",
+    IntervalStyle: "iso_8601",
+    lc_monetary: MONETARY[MONETARY.length - 1],
+  }),
+  { max: 4 },
+);
+// The application's sessions: the workload runs on these, each under its own random settings.
+const app = connect(db.url, { max: 4, sessions: 0 });
 
 const TENANTS = [1, 2, 3];
 // Exclusion constraints per tenant need btree_gist (for tenant_id with =), where it exists.
@@ -1378,14 +1380,14 @@ dbTest("the foreign-key check finds rows written past a foreign key", async () =
 dbTest(
   `restores to random moments are exact, touch no other row and break no constraint, or are refused with nothing changed (seed ${SEED}, ${RUNS} runs)`,
   async () => {
-    let last: Scenario | undefined;
+    let last: { sc: Scenario; schema: string } | undefined;
     const dump = Deno.env.get("PITR_EXACT_DUMP"); // where the failing scenario is written
     const property = fc.asyncProperty(scenario, async (sc) => {
       try {
         await run(sc);
       } catch (e) {
         // The last one written is the smallest failing scenario fast-check found.
-        last = sc;
+        last = { sc, schema: `exact_${runNo}` };
         if (dump) await Deno.writeTextFile(dump, JSON.stringify(sc));
         throw e;
       }
@@ -1401,7 +1403,7 @@ dbTest(
       });
     } catch (e) {
       if (last) {
-        console.log(`schema exact_${runNo}:\n${ddl(`exact_${runNo}`, last.spec)}`);
+        console.log(`schema ${last.schema}:\n${ddl(last.schema, last.sc.spec)}`);
       }
       throw e;
     } finally {
