@@ -703,6 +703,8 @@ interface RestoreSpec {
   /** Which tables, null for all of them. */
   subset: boolean[] | null;
   oddSession: boolean;
+  /** Other tenants write to the same tables while the restore's transaction is open. */
+  concurrent: { phase: "writes" | "checks" | "commit"; table: number; pick: number } | null;
   undo: boolean;
 }
 const restoreSpec = (n: number): fc.Arbitrary<RestoreSpec> =>
@@ -716,6 +718,14 @@ const restoreSpec = (n: number): fc.Arbitrary<RestoreSpec> =>
     }),
     oddSession: fc.integer({ min: 0, max: 3 }).map((x) => x === 0),
     undo: fc.integer({ min: 0, max: 3 }).map((x) => x === 0),
+    concurrent: fc.option(
+      fc.record({
+        phase: pick<"writes" | "checks" | "commit">("writes", "checks", "commit"),
+        table: fc.nat(n - 1),
+        pick: fc.nat(),
+      }),
+      { nil: null, freq: 2 },
+    ),
   });
 
 const scenario = schemaSpec.chain((spec) =>
@@ -838,6 +848,7 @@ const stats = {
   undone: 0,
   fromMoment: 0,
   retried: 0,
+  concurrent: 0,
   open: 0,
   subsets: 0,
 };
@@ -911,6 +922,12 @@ async function run(sc: Scenario) {
       refusedWrites.set(code, (refusedWrites.get(code) ?? 0) + 1);
     }
   };
+  /** Columns an INSERT may write: generated ones are computed again (an identity's too). */
+  const writable = async (t: number) =>
+    (await sql<{ cols: string[] }[]>`
+      select array_agg(attname::text order by attnum) as cols from pg_attribute
+      where attrelid = ${tables[t]}::regclass and attnum > 0 and not attisdropped
+        and attidentity = '' and attgenerated = ''`)[0].cols;
   const castOf = (t: number, col: number) => TYPES[spec.tables[t].cols[col]].type(schema);
   // Data columns renamed by the workload (each rename adds a quote to the name).
   const renames = spec.tables.map((t) => t.cols.map(() => 0));
@@ -1051,11 +1068,7 @@ async function run(sc: Scenario) {
         // Identical rows in a table without a key; elsewhere an insert like any other.
         if (rows.length === 0) return;
         {
-          // Generated columns are computed again (an identity takes its next value).
-          const [{ cols }] = await sql<{ cols: string[] }[]>`
-            select array_agg(attname::text order by attnum) as cols from pg_attribute
-            where attrelid = ${tables[t]}::regclass and attnum > 0 and not attisdropped
-              and attidentity = '' and attgenerated = ''`;
+          const cols = await writable(t);
           // Elsewhere a copy under a new id: refused where another unique key of it is taken.
           const copy = (c: string) => (c === "id" && spect.key !== "none" ? "$2::int4" : ident(c));
           return await write(
@@ -1259,7 +1272,59 @@ async function run(sc: Scenario) {
       strategy: "overwrite",
       tables: r.from === "snapshot" && !whole ? subset : undefined,
     });
-    const status = await executeRestore(pool, id);
+    const what = `restore of tenant ${tenant} to mark ${r.mark % marks.length} from its ${r.from}` +
+      ` (${whole ? "all tables" : subset.join(", ")})`;
+    // Other tenants' writes while the restore runs must neither wait for it nor be touched by it:
+    // their rows after it are as those writes left them.
+    let othersBefore = before;
+    let hookError: Error | undefined;
+    const onPhase = async (phase: string) => {
+      const c = r.concurrent;
+      if (!c || phase !== c.phase) return;
+      const writer = await app.reserve();
+      try {
+        await writer`select set_config('lock_timeout', '3s', false)`;
+        for (const other of TENANTS.filter((o) => o !== tenant)) {
+          for (const [i, spect] of spec.tables.entries()) {
+            if (i !== c.table % spec.tables.length) continue;
+            const rows = await ctids(i, other);
+            if (rows.length === 0) continue;
+            const row = rows[c.pick % rows.length];
+            try {
+              await writer.unsafe(
+                `update ${tables[i]} set ${ident(liveCol(i, 0))} = null where ${where}`,
+                [row],
+              );
+              if (spect.key === "none") {
+                const cols = (await writable(i)).map(ident).join(", ");
+                await writer.unsafe(
+                  `insert into ${tables[i]} (${cols}) select ${cols} from ${tables[i]}
+                  where ${where}`,
+                  [row],
+                );
+              }
+            } catch (e) {
+              if (!INTEGRITY.test((e as { code?: string }).code ?? "")) {
+                const code = (e as { code?: string }).code;
+                hookError = new Error(
+                  `tenant ${other}'s write during the ${phase} phase of ${what}: ${code} ${
+                    (e as Error).message
+                  }`,
+                );
+                throw hookError;
+              }
+            }
+          }
+        }
+      } finally {
+        await writer`reset all`;
+        writer.release();
+      }
+      othersBefore = await readState(tables);
+      stats.concurrent++;
+    };
+    const status = await executeRestore(pool, id, { onPhase });
+    if (hookError) throw hookError;
     stats.restores++;
     if (r.from === "moment") stats.fromMoment++;
     if (!whole) stats.subsets++;
@@ -1271,8 +1336,6 @@ async function run(sc: Scenario) {
       )
     ) stats.changing++;
     const after = await readState(tables);
-    const what = `restore of tenant ${tenant} to mark ${r.mark % marks.length} from its ${r.from}` +
-      ` (${whole ? "all tables" : subset.join(", ")})`;
     if (status.status === "completed") {
       stats.completed++;
       for (const [i, t] of tables.entries()) {
@@ -1306,7 +1369,7 @@ async function run(sc: Scenario) {
         if (other === tenant && status.status === "completed") continue;
         assert.deepEqual(
           after.get(t)!.get(other)!.physical,
-          before.get(t)!.get(other)!.physical,
+          (other === tenant ? before : othersBefore).get(t)!.get(other)!.physical,
           `${what}: rows of tenant ${other} in ${t} were written`,
         );
       }
