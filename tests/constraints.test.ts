@@ -176,6 +176,44 @@ dbTest("swapped, rotated and moved unique values restore in one transaction", as
 });
 
 dbTest(
+  "exclusion constraints: swapped ranges restore; one overlapping another tenant's row is refused as key_conflict naming the constraint, nothing changed",
+  async () => {
+    // Found by tests/exactness.test.ts: the overlap came back as an internal error (a 500).
+    await sql.unsafe(`create table shop.bookings (id bigint primary key, tenant_id text not null,
+      span int4range, exclude using gist (span with &&));
+      insert into pitr.backup_protected_tables (table_schema, table_name)
+        values ('shop', 'bookings')`);
+    await sql`insert into shop.bookings values (1, 'b', '[1,5)'), (2, 'b', '[5,9)'),
+      (3, 'c', '[20,30)')`;
+    const s = await takeSnapshot(sql, { tenantId: "b", tables: ["shop.bookings"] });
+    const before = await rows("shop.bookings", "b");
+    await sql.begin(async (tx) => {
+      await tx`update shop.bookings set span = 'empty' where id = 1`;
+      await tx`update shop.bookings set span = '[1,5)' where id = 2`;
+      await tx`update shop.bookings set span = '[5,9)' where id = 1`;
+    });
+    const swapped = await restore(s.snapshot_id, "b", ["shop.bookings"]);
+    assert.equal(swapped.status, "completed", JSON.stringify(swapped.error));
+    assert.deepEqual(await rows("shop.bookings", "b"), before);
+
+    await sql`delete from shop.bookings where id = 1`;
+    await sql`insert into shop.bookings values (4, 'c', '[2,3)')`;
+    const mine = await rows("shop.bookings", "b");
+    const theirs =
+      await sql`select xmin::text, ctid::text from shop.bookings where tenant_id = 'c'`;
+    const refused = await restore(s.snapshot_id, "b", ["shop.bookings"]);
+    assert.equal(refused.status, "failed");
+    assert.equal(refused.error!.code, "key_conflict");
+    assert.match(refused.error!.message, /exclusion constraint bookings_span_excl/);
+    assert.deepEqual(await rows("shop.bookings", "b"), mine);
+    assert.deepEqual(
+      await sql`select xmin::text, ctid::text from shop.bookings where tenant_id = 'c'`,
+      theirs,
+    );
+  },
+);
+
+dbTest(
   "a table without a primary key is snapshotted and restored exactly, as a multiset",
   async () => {
     await sql`insert into shop.visits values ('v', '/a', 1), ('v', '/a', 1), ('v', '/b', null),

@@ -175,30 +175,36 @@ dbTest(
   },
 );
 
-dbTest("keys are matched by value: a numeric key rewritten with another scale", async () => {
-  await captured(
-    `create table public.pit_numkey (k numeric primary key, tenant_id bigint not null, v text)`,
-    "public.pit_numkey",
-  );
-  await sql`insert into public.pit_numkey values (1.0, 6, 'one'), (2, 6, 'two')`;
-  const at = await now();
-  const before = await rowsOf("public.pit_numkey", 6);
-  // Equal keys, other text: the same row to the table's unique index, changed once.
-  await sql`update public.pit_numkey set k = 1.00, v = 'rescaled' where k = 1`;
-  // The state at `at` as built from the log (the restore itself writes a row's other columns
-  // and leaves an equal key as it is, so it is read here from the point-in-time snapshot).
-  const s = await snapshotAt(sql, { tenantId: "6", at, tables: ["public.pit_numkey"] });
-  const [t] = await sql<{ store_table: string; store_tenant: string; seq: string }[]>`
+dbTest(
+  "keys are matched by value: a numeric key rewritten with another scale is rebuilt and restored with its text",
+  async () => {
+    await captured(
+      `create table public.pit_numkey (k numeric primary key, tenant_id bigint not null, v text)`,
+      "public.pit_numkey",
+    );
+    await sql`insert into public.pit_numkey values (1.0, 6, 'one'), (2, 6, 'two')`;
+    const at = await now();
+    const before = await rowsOf("public.pit_numkey", 6);
+    // Equal keys, other text: the same row to the table's unique index, changed once.
+    await sql`update public.pit_numkey set k = 1.00, v = 'rescaled' where k = 1`;
+    // The state at `at` as built from the log, read from the point-in-time snapshot's store.
+    const s = await snapshotAt(sql, { tenantId: "6", at, tables: ["public.pit_numkey"] });
+    const [t] = await sql<{ store_table: string; store_tenant: string; seq: string }[]>`
     select store_table, store_tenant, seq from pitr.backup_snapshot_tables
     where snapshot_id = ${s.snapshot_id}`;
-  const [{ rows }] = await sql<{ rows: string[] }[]>`
+    const [{ rows }] = await sql<{ rows: string[] }[]>`
     select array_agg(row(x.k, x.tenant_id, x.v)::text order by row(x.k, x.tenant_id, x.v)::text)
       as rows
     from ${sql("pitr_store." + t.store_table)} x
     where x.pitr_tenant = ${t.store_tenant} and x.pitr_from <= ${t.seq}
       and (x.pitr_to is null or x.pitr_to > ${t.seq})`;
-  assert.deepEqual(rows, before);
-});
+    assert.deepEqual(rows, before);
+    // And the restore writes the key's text back too (1.00 is equal to 1.0, not identical).
+    await restoreTo(6, at, ["public.pit_numkey"]);
+    assert.deepEqual(await rowsOf("public.pit_numkey", 6), before);
+    assert.ok(before.includes("(1.0,6,one)"), before.join(" "));
+  },
+);
 
 dbTest(
   "column renamed after at (a data column and the key): the moment restores exactly",

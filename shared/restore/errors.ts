@@ -53,6 +53,7 @@ export class RestoreFailed extends PitrError {
 // SQLSTATE codes the engine handles by name.
 export const PG = {
   UNIQUE_VIOLATION: "23505",
+  EXCLUSION_VIOLATION: "23P01",
   FOREIGN_KEY_VIOLATION: "23503",
   NOT_NULL_VIOLATION: "23502",
   CHECK_VIOLATION: "23514",

@@ -41,6 +41,15 @@ export function describeFailure(error: unknown): Failure {
         message: `a restored row collides with an existing row on unique key ${constraint}${where}`,
         table,
       };
+    // An exclusion constraint is a key too: the restored row overlaps a row the restore keeps
+    // (another tenant's, or one outside the tables restored).
+    case PG.EXCLUSION_VIOLATION:
+      return {
+        code: "key_conflict",
+        message:
+          `a restored row conflicts with an existing row on exclusion constraint ${constraint}${where}`,
+        table,
+      };
     case PG.CHECK_VIOLATION:
       return {
         code: "constraint_violation",
