@@ -3,9 +3,11 @@
 -- (settings.retention_batch each) and no call holds a tenant's lock for long. The window ends
 -- before the nightly drill (03:17, 20261128000400_cron_drill.sql), away from the hour's mark.
 -- Where pg_cron is absent (a plain PostgreSQL, CI), nothing is scheduled: run
--- `deno task retention` from any scheduler instead. To see the runs:
+-- `deno task retention` from any scheduler instead. Named apart from the change log's job (the
+-- README's 'pitr-retention', pitr.drop_expired_changes), which a same-named job would replace.
+-- To see the runs:
 --   select * from cron.job_run_details where jobid = (select jobid from cron.job
---     where jobname = 'pitr-retention') order by start_time desc;
+--     where jobname = 'pitr-snapshot-retention') order by start_time desc;
 do $$
 begin
   if not exists (select from pg_namespace where nspname = 'cron')
@@ -14,6 +16,6 @@ begin
     return;
   end if;
   -- cron.schedule replaces a job of the same name, so re-applying this is harmless.
-  perform cron.schedule('pitr-retention', '*/5 1-2 * * *', 'select pitr.apply_retention()');
+  perform cron.schedule('pitr-snapshot-retention', '*/5 1-2 * * *', 'select pitr.apply_retention()');
 end
 $$;
