@@ -428,59 +428,91 @@ interface Timings {
   pit: number[];
   drift: number;
   pitRows: string;
+  /** The subject's newest snapshot, which the drift restores go back to. */
+  latest: string;
 }
 
-/** The subject's operations, the same in both databases. */
-async function measure(sql: Sql, what: string): Promise<Timings> {
-  const t: Timings = { snapshot: [], plan: [], restore: [], pit: [], drift: 0, pitRows: "" };
-  const subject = String(SUBJECT);
-  // A snapshot of the subject after a day's drift (the nightly snapshot).
-  let latest = "";
-  for (let i = 0; i < REPS; i++) {
-    await roundDrift(sql, ROUNDS + 1 + i, SUBJECT, SUBJECT);
-    await vacuumAll(sql);
-    const s = await timed(() => takeSnapshot(sql, { tenantId: subject, label: `measured ${i}` }));
-    t.snapshot.push(s.seconds);
-    latest = s.value.snapshot_id;
-  }
-  // A 5% drift: plan it, restore it.
-  for (let i = 0; i < REPS; i++) {
-    t.drift = await applyDrift(sql, SUBJECT, SUBJECT_SIZES);
-    await vacuumAll(sql);
-    const p = await timed(() => planRestore(sql, { snapshotId: latest }));
-    const n = p.value.totals;
-    if (n.insert + n.update + n.delete === 0) throw new Error("the plan of a drift is empty");
-    t.plan.push(p.seconds);
-    const r = await timed(() => restore(sql, latest, SUBJECT));
-    t.restore.push(r.seconds);
-    if (r.value) await sql`select pitr.drop_snapshot(${r.value})`;
-  }
-  // A 5% drift, then the restore to one simulated day back (its build, plan and restore).
-  for (let i = 0; i < REPS; i++) {
-    await applyDrift(sql, SUBJECT, SUBJECT_SIZES);
-    await vacuumAll(sql);
-    const [{ at }] = await sql<{ at: string }[]>`
-      select to_char((now() - interval '1 day') at time zone 'UTC',
-        'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as at`;
-    const r = await timed(async () => {
-      const s = await snapshotAt(sql, { tenantId: subject, at });
-      const plan = await planRestore(sql, { snapshotId: s.snapshot_id });
-      const undo = await restore(sql, s.snapshot_id, SUBJECT);
-      return { plan, undo };
-    });
-    t.pit.push(r.seconds);
-    const n = r.value.plan.totals;
-    t.pitRows = `insert ${n.insert}, update ${n.update}, delete ${n.delete}`;
-    if (r.value.undo) await sql`select pitr.drop_snapshot(${r.value.undo})`;
-  }
-  log(
-    `${what}: snapshot ${fmtSummary(summarise(t.snapshot), "s")}, plan ${
-      fmtSummary(summarise(t.plan), "s")
-    }, restore ${fmtSummary(summarise(t.restore), "s")}, point in time ${
-      fmtSummary(summarise(t.pit), "s")
-    } (${t.pitRows})`,
+const newTimings = (): Timings => ({
+  snapshot: [],
+  plan: [],
+  restore: [],
+  pit: [],
+  drift: 0,
+  pitRows: "",
+  latest: "",
+});
+
+/** The subject's nightly snapshot after a day's drift (repetition i < 0: a warm-up). */
+async function snapshotStep(sql: Sql, t: Timings, i: number): Promise<void> {
+  await roundDrift(sql, ROUNDS + 2 + i, SUBJECT, SUBJECT);
+  await vacuumAll(sql);
+  const s = await timed(() =>
+    takeSnapshot(sql, { tenantId: String(SUBJECT), label: `bench ${i}` })
   );
-  return t;
+  if (i >= 0) t.snapshot.push(s.seconds);
+  t.latest = s.value.snapshot_id;
+}
+
+/** A 5% drift of the subject: its plan, then its restore. */
+async function driftStep(sql: Sql, t: Timings, i: number): Promise<void> {
+  t.drift = await applyDrift(sql, SUBJECT, SUBJECT_SIZES);
+  await vacuumAll(sql);
+  const p = await timed(() => planRestore(sql, { snapshotId: t.latest }));
+  const n = p.value.totals;
+  if (n.insert + n.update + n.delete === 0) throw new Error("the plan of a drift is empty");
+  const r = await timed(() => restore(sql, t.latest, SUBJECT));
+  if (i >= 0) {
+    t.plan.push(p.seconds);
+    t.restore.push(r.seconds);
+  }
+  if (r.value) await sql`select pitr.drop_snapshot(${r.value})`;
+}
+
+/**
+ * A 5% drift, then the restore to one simulated day back as the API runs it: the state at that
+ * moment built from the log, its plan, its restore.
+ */
+async function pitStep(sql: Sql, t: Timings, i: number): Promise<void> {
+  await applyDrift(sql, SUBJECT, SUBJECT_SIZES);
+  await vacuumAll(sql);
+  const [{ at }] = await sql<{ at: string }[]>`
+    select to_char((now() - interval '1 day') at time zone 'UTC',
+      'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as at`;
+  const r = await timed(async () => {
+    const s = await snapshotAt(sql, { tenantId: String(SUBJECT), at });
+    const plan = await planRestore(sql, { snapshotId: s.snapshot_id });
+    const undo = await restore(sql, s.snapshot_id, SUBJECT);
+    return { plan, undo };
+  });
+  if (i >= 0) t.pit.push(r.seconds);
+  const n = r.value.plan.totals;
+  t.pitRows = `insert ${n.insert}, update ${n.update}, delete ${n.delete}`;
+  if (r.value.undo) await sql`select pitr.drop_snapshot(${r.value.undo})`;
+}
+
+/**
+ * The subject's operations, the same in both databases, alternating between them repetition by
+ * repetition (after one warm-up each) so that neither gets the shared machine's quieter minutes.
+ */
+async function measure(fleetDb: Sql, aloneDb: Sql): Promise<{ fleet: Timings; alone: Timings }> {
+  const fleet = newTimings();
+  const alone = newTimings();
+  for (const step of [snapshotStep, driftStep, pitStep]) {
+    for (let i = -1; i < REPS; i++) {
+      await step(fleetDb, fleet, i);
+      await step(aloneDb, alone, i);
+    }
+  }
+  for (const [what, t] of [["fleet", fleet], ["alone", alone]] as const) {
+    log(
+      `${what}: snapshot ${fmtSummary(summarise(t.snapshot), "s")}, plan ${
+        fmtSummary(summarise(t.plan), "s")
+      }, restore ${fmtSummary(summarise(t.restore), "s")}, point in time ${
+        fmtSummary(summarise(t.pit), "s")
+      } (${t.pitRows})`,
+    );
+  }
+  return { fleet, alone };
 }
 
 type Key =
@@ -575,8 +607,7 @@ async function main(): Promise<number> {
     const aloneDb = await open(names.alone);
     const built = await build(fleetDb, FLEET, "fleet");
     await build(aloneDb, 0, "alone");
-    const fleet = await measure(fleetDb, "fleet");
-    const alone = await measure(aloneDb, "alone");
+    const { fleet, alone } = await measure(fleetDb, aloneDb);
     const s = (xs: number[]) => summarise(xs);
     const row = (key: Key, figure: string, f: number[], a: number[]): Row => ({
       key,
@@ -623,7 +654,7 @@ async function main(): Promise<number> {
         `drift and snapshots, ${RESTORES} restores every ${RESTORE_EVERY} days, ` +
         `${built.logRows} log rows, ${built.snapshots} snapshots kept ` +
         `(${built.dropped} dropped by retention); the subject alone in a second database; ` +
-        `${REPS} repetitions each`,
+        `${REPS} repetitions each after a warm-up, alternating between the databases`,
         `${
           version.split(",")[0]
         }; ${navigator.hardwareConcurrency} CPUs; Deno ${Deno.version.deno}`,
