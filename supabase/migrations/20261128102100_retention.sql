@@ -30,7 +30,8 @@ alter table pitr.settings
 -- `deno task retention --dry-run` lists it.
 create or replace function pitr.expired_snapshots()
 returns table (id uuid, tenant_id text, kind text, created_at timestamptz, reason text)
-language sql stable set search_path = pg_catalog, pg_temp set timezone = 'UTC' as $$
+language sql stable set search_path = pg_catalog, pg_temp set timezone = 'UTC' set lc_monetary = 'C'
+as $$
   with p as (select * from pitr.settings),
   ranked as (
     select s.id, s.tenant_id, s.kind, s.created_at, s.seq,
