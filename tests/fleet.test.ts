@@ -1,0 +1,79 @@
+// What keeps one tenant's cost independent of the fleet (issue 12), checked on the catalog: the
+// stores' btree by tenant (no BRIN), their fillfactor, and no JIT inside the engine.
+import assert from "node:assert/strict";
+import { takeSnapshot } from "../shared/restore/snapshot.ts";
+import { cleanup, dbTest, testDatabase } from "./_db.ts";
+
+const db = await testDatabase("fleet");
+const sql = db.sql;
+
+await sql`select public.seed_tenant(401, 5)`;
+
+dbTest(
+  "every store has a btree on (pitr_tenant, pitr_from), no BRIN, and fillfactor 90",
+  async () => {
+    await takeSnapshot(sql, { tenantId: "401" });
+    const stores = await sql<{ store: string; btree: string[]; brin: number; options: string[] }[]>`
+    select c.relname as store,
+      array(select pg_get_indexdef(i.indexrelid) from pg_index i join pg_class x
+          on x.oid = i.indexrelid join pg_am a on a.oid = x.relam
+        where i.indrelid = c.oid and a.amname = 'btree') as btree,
+      (select count(*)::int from pg_index i join pg_class x on x.oid = i.indexrelid
+        join pg_am a on a.oid = x.relam where i.indrelid = c.oid and a.amname = 'brin') as brin,
+      coalesce(c.reloptions, '{}') as options
+    from pg_class c where c.relnamespace = 'pitr_store'::regnamespace and c.relkind = 'r'`;
+    assert.ok(stores.length >= 5, `${stores.length} stores`);
+    for (const s of stores) {
+      assert.equal(s.brin, 0, s.store);
+      assert.deepEqual(s.btree.map((d) => d.replace(/^.* USING btree /, "")), [
+        "(pitr_tenant, pitr_from)",
+      ], s.store);
+      assert.ok(s.options.includes("fillfactor=90"), `${s.store}: ${s.options}`);
+    }
+  },
+);
+
+dbTest("closing a version is a HOT update that keeps it on its page", async () => {
+  const [{ store_table }] = await sql<{ store_table: string }[]>`
+    select store_table from pitr.backup_snapshot_tables t join public.backup_snapshots s
+      on s.id = t.snapshot_id
+    where s.tenant_id = '401' and t.table_name = 'users'`;
+  await sql`update public.users set display_name = 'changed' where tenant_id = 401`;
+  const before = await sql<{ ctid: string }[]>`select ctid::text from ${
+    sql("pitr_store." + store_table)
+  } where pitr_tenant = '401' and pitr_to is null order by ctid`;
+  await takeSnapshot(sql, { tenantId: "401" });
+  const closed = await sql<{ ctid: string }[]>`select ctid::text from ${
+    sql("pitr_store." + store_table)
+  } where pitr_tenant = '401' and pitr_to is not null order by ctid`;
+  assert.equal(closed.length, before.length);
+  const pages = (rows: { ctid: string }[]) => [...new Set(rows.map((r) => r.ctid.split(",")[0]))];
+  assert.deepEqual(pages(closed), pages(before), "the closed versions stay on their pages");
+  // And as HOT updates (a non-HOT update may stay on its page too): the statistics, once the
+  // snapshot's session has reported them.
+  const rel = `pitr_store.${store_table}`;
+  let stat = { upd: 0, hot: 0 };
+  for (let i = 0; i < 50 && stat.upd < closed.length; i++) {
+    await new Promise((ok) => setTimeout(ok, 100));
+    const [r] = await sql.begin(async (tx) => {
+      await tx`select pg_stat_clear_snapshot()`;
+      return await tx<{ upd: number; hot: number }[]>`
+        select n_tup_upd::int as upd, n_tup_hot_upd::int as hot from pg_stat_user_tables
+        where relid = ${rel}::regclass`;
+    });
+    stat = r;
+  }
+  assert.equal(stat.upd, closed.length);
+  assert.equal(stat.hot, stat.upd, "every close a HOT update");
+});
+
+dbTest("every engine function with settings runs without JIT", async () => {
+  const jitted = await sql<{ f: string }[]>`
+    select p.oid::regprocedure::text as f from pg_proc p
+    where p.pronamespace = 'pitr'::regnamespace and p.proconfig is not null
+      and p.proname !~ '^capture_\\d+$'
+      and not exists (select from unnest(p.proconfig) s where s = 'jit=off')`;
+  assert.deepEqual([...jitted], []);
+});
+
+cleanup(db);
