@@ -36,6 +36,13 @@ export const MAX_BUDGET_MS = 140_000;
  */
 const ESTIMATE_MARGIN = 1.25;
 
+/**
+ * The share of the budget no drill may start into: the call's own closing work and a drill that
+ * outruns its margin fit there (measured: a 2,000-tenant call of 0.1 s drills ended a fraction of
+ * a millisecond past its 100 s without it).
+ */
+const RESERVE_SHARE = 0.01;
+
 /** How long a drill waits for the tenant's turn, as applySnapshot waits for its lock. */
 const LOCK_WAIT_MS = 5000;
 
@@ -57,8 +64,8 @@ export async function runDrills(sql: Sql, tenantId?: string): Promise<DrillResul
  * oldest; a failed drill leaves that time as it was, so the tenant comes first again), until the
  * budget is spent. A drill is started only if 1.25 times its estimate (the tenant's last good
  * drill's duration, else its last drill's, else its snapshot's rows at the fleet's recent rate)
- * fits what is left; the first of a call always starts, so that a tenant longer than any budget
- * is drilled once its turn comes rather than never. One call at a time (a lease in
+ * fits what is left of the budget less a 1% reserve; the first of a call always starts, so that a
+ * tenant longer than any budget is drilled once its turn comes rather than never. One call at a time (a lease in
  * pitr.drill_fleet_lease).
  */
 export async function drillFleet(
@@ -98,7 +105,7 @@ export async function drillFleet(
     await refreshForeignKeys(sql);
     const drills: DrillResult[] = [];
     for (const t of queue) {
-      const left = budget_ms - (performance.now() - started);
+      const left = budget_ms * (1 - RESERVE_SHARE) - (performance.now() - started);
       if (drills.length > 0 && left <= 0) break;
       // Passed over, not dropped: its place in the order is kept for the next call.
       if (drills.length > 0 && (t.estimate_ms ?? 0) * ESTIMATE_MARGIN > left) continue;
