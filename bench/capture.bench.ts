@@ -1,7 +1,7 @@
 // `deno task bench:capture [--quick]`: the cost of change capture (issue 6): the application's
 // write throughput and latency with and without capture, and the log's size per million changes,
 // in a fresh database it drops at the end. It must never assert a timing.
-import { configuredDatabaseUrl, connect, type Sql } from "../shared/db/client.ts";
+import { configuredDatabaseUrl, connect, type Sql, withDatabase } from "../shared/db/client.ts";
 import { startEmbedded } from "../shared/db/embedded.ts";
 import { migrate } from "../shared/db/migrate.ts";
 import {
@@ -25,12 +25,6 @@ const TX_PER_CLIENT = quick ? 500 : 10_000;
 const WARMUP_TX_PER_CLIENT = quick ? 100 : 1_000;
 
 const log = (msg: string) => console.error(`[bench:capture] ${msg}`);
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
-}
 
 /** One repetition's figures. */
 interface Rep {

@@ -2,7 +2,7 @@
 // a fleet database (thousands of tenants, rounds of snapshots, restores, a month of change log)
 // and the same subject tenant alone in a second database, then times the subject's snapshot,
 // plan, restore and point-in-time restore in both. It must never assert a goal.
-import { configuredDatabaseUrl, connect, type Sql } from "../shared/db/client.ts";
+import { configuredDatabaseUrl, connect, type Sql, withDatabase } from "../shared/db/client.ts";
 import { startEmbedded } from "../shared/db/embedded.ts";
 import { migrate } from "../shared/db/migrate.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
@@ -39,12 +39,6 @@ const ID_SPAN = 1_000_000_000;
 const ROUND_BASE = 600_000_000;
 
 const log = (msg: string) => console.error(`[fleet] ${msg}`);
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
-}
 
 /**
  * The fleet's tenants in one set-based statement per table, each tenant's rows together (as

@@ -3,7 +3,7 @@
 // and drill calls covering a fleet within their budget. The measuring functions take a postgres.js
 // `sql` and options so that bench:fleet can reuse them on its own fleet. It must never assert a
 // timing, and never touch another database than the fresh one it creates (dropped at the end).
-import { configuredDatabaseUrl, connect, type Sql } from "../shared/db/client.ts";
+import { configuredDatabaseUrl, connect, type Sql, withDatabase } from "../shared/db/client.ts";
 import { startEmbedded } from "../shared/db/embedded.ts";
 import { migrate } from "../shared/db/migrate.ts";
 import { drillFleet } from "../shared/restore/drill.ts";
@@ -295,12 +295,6 @@ export async function drillFleetCoverage(
     failed,
     mean_drill_s: durations.reduce((a, b) => a + b, 0) / Math.max(1, durations.length),
   };
-}
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
 }
 
 async function main(): Promise<number> {

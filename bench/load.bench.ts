@@ -3,7 +3,7 @@
 // It must never pass with a 5xx answer, more connections than the budget, or an inexact restore.
 import { SignJWT } from "jose";
 import { budgetFromEnv } from "../shared/db/budget.ts";
-import { configuredDatabaseUrl, connect, type Sql } from "../shared/db/client.ts";
+import { configuredDatabaseUrl, connect, type Sql, withDatabase } from "../shared/db/client.ts";
 import { startEmbedded } from "../shared/db/embedded.ts";
 import { migrate } from "../shared/db/migrate.ts";
 import {
@@ -35,12 +35,6 @@ const POLLERS = 50;
 const POLL_SECONDS = quick ? 5 : 30;
 
 const log = (msg: string) => console.error(`[bench:load] ${msg}`);
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
-}
 
 interface Call {
   /** What was asked (snapshot, plan, status, execute): a row of the table each. */

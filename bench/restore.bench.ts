@@ -1,6 +1,6 @@
 // `deno task bench [--quick]`: measures the restore engine against what PostgreSQL does with the
 // same rows (issue 4), in a fresh database it drops at the end. It must never assert a goal.
-import { configuredDatabaseUrl, connect, type Sql } from "../shared/db/client.ts";
+import { configuredDatabaseUrl, connect, type Sql, withDatabase } from "../shared/db/client.ts";
 import { startEmbedded } from "../shared/db/embedded.ts";
 import { migrate } from "../shared/db/migrate.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
@@ -47,12 +47,6 @@ const MEASURED = 1;
 const OTHER = 2;
 
 const log = (msg: string) => console.error(`[bench] ${msg}`);
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
-}
 
 /** A restore as the API runs it: record it, execute it; anything but completed is a failure. */
 async function restore(sql: Sql, snapshotId: string, tenant: number): Promise<void> {

@@ -1,6 +1,6 @@
 // Each test file gets its own database cloned from the migrated template that tests/run.ts built.
 // The database is dropped when every test of the file passed, and left behind for a look when not.
-import { connect, type Sql } from "../shared/db/client.ts";
+import { connect, type Sql, withDatabase } from "../shared/db/client.ts";
 
 export interface TestDb {
   sql: Sql;
@@ -10,12 +10,6 @@ export interface TestDb {
 
 const adminUrl = Deno.env.get("PITR_TEST_ADMIN_URL");
 const template = Deno.env.get("PITR_TEST_TEMPLATE");
-
-export function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
-}
 
 export async function testDatabase(label: string): Promise<TestDb> {
   if (!adminUrl || !template) throw new Error("run the tests with `deno task test`");

@@ -6,7 +6,8 @@ import { createLocalJWKSet, exportJWK, generateKeyPair, SignJWT } from "jose";
 import { connect } from "../shared/db/client.ts";
 import { appFromEnv, createApp, FUNCTIONS } from "../shared/http/app.ts";
 import { transactionPoolerReason } from "../shared/http/pooler.ts";
-import { cleanup, dbTest, storeOf, testDatabase, withDatabase } from "./_db.ts";
+import { withDatabase } from "../shared/db/client.ts";
+import { cleanup, dbTest, storeOf, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("http");
 const sql = db.sql;

@@ -1,7 +1,7 @@
 // `deno task test`: runs every test file against SUPABASE_DB_URL / DATABASE_URL when set, else a
 // real PostgreSQL 17 started from npm. It builds one migrated template database per run of the
 // migrations, from which each test file clones its own database.
-import { configuredDatabaseUrl, connect } from "../shared/db/client.ts";
+import { configuredDatabaseUrl, connect, withDatabase } from "../shared/db/client.ts";
 import {
   DataDirInUse,
   type EmbeddedServer,
@@ -76,10 +76,4 @@ async function templateDatabase(adminUrl: string): Promise<string> {
   }
   await admin.end();
   return template;
-}
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
 }

@@ -10,6 +10,13 @@ export type TransactionSql = postgres.TransactionSql;
 /** A handle that runs queries: the pool, or a transaction the caller holds. */
 export type Db = Sql | TransactionSql;
 
+/** The same server's URL with another database in it (tests and benchmarks make their own). */
+export function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
 /** SUPABASE_DB_URL (set by Supabase in every function), else DATABASE_URL, else none. */
 export function configuredDatabaseUrl(): string | undefined {
   return Deno.env.get("SUPABASE_DB_URL") || Deno.env.get("DATABASE_URL") || undefined;
