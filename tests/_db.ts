@@ -1,6 +1,6 @@
 // Each test file gets its own database cloned from the migrated template that tests/run.ts built.
 // The database is dropped when every test of the file passed, and left behind for a look when not.
-import { connect, type Sql, withDatabase } from "../shared/db/client.ts";
+import { connect, type Sql, type TransactionSql, withDatabase } from "../shared/db/client.ts";
 
 export interface TestDb {
   sql: Sql;
@@ -95,4 +95,18 @@ export async function clearMoment(sql: Sql): Promise<string> {
     select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as t`;
   await sleep(5);
   return t;
+}
+
+/**
+ * Stand-ins for Supabase's Vault view and pg_net's http_post, inside a transaction the caller
+ * rolls back: a cron job's SQL then runs as written, and its calls land in net.calls.
+ */
+export async function netStandIns(tx: TransactionSql): Promise<void> {
+  await tx`create schema vault`;
+  await tx`create table vault.decrypted_secrets (name text, decrypted_secret text)`;
+  await tx`create schema net`;
+  await tx`create table net.calls (url text, headers jsonb, body jsonb, timeout int)`;
+  await tx`create function net.http_post(url text, headers jsonb, body jsonb, timeout_milliseconds int)
+    returns bigint language sql as
+    'insert into net.calls values (url, headers, body, timeout_milliseconds) returning 1::bigint'`;
 }

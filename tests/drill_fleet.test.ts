@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { createApp } from "../shared/http/app.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, netStandIns, testDatabase } from "./_db.ts";
 import { TEST_SECRET, token, userToken } from "./_http.ts";
 
 const db = await testDatabase("drill_fleet");
@@ -253,13 +253,7 @@ dbTest(
       ) {}
     }
     const posted = await sql.begin(async (tx) => {
-      await tx`create schema vault`;
-      await tx`create table vault.decrypted_secrets (name text, decrypted_secret text)`;
-      await tx`create schema net`;
-      await tx`create table net.calls (url text, headers jsonb, body jsonb, timeout int)`;
-      await tx`create function net.http_post(url text, headers jsonb, body jsonb, timeout_milliseconds int)
-      returns bigint language sql as
-      'insert into net.calls values (url, headers, body, timeout_milliseconds) returning 1::bigint'`;
+      await netStandIns(tx);
       await tx`insert into vault.decrypted_secrets values
       ('project_url', 'https://ref.supabase.co'), ('service_role_key', 'key-1')`;
       await tx.unsafe(job); // the repository's own migration text

@@ -7,7 +7,7 @@ import { connect } from "../shared/db/client.ts";
 import { appFromEnv, createApp, FUNCTIONS } from "../shared/http/app.ts";
 import { transactionPoolerReason } from "../shared/http/pooler.ts";
 import { withDatabase } from "../shared/db/client.ts";
-import { cleanup, dbTest, storeOf, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, netStandIns, storeOf, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("http");
 const sql = db.sql;
@@ -752,13 +752,7 @@ dbTest(
       ) {}
     }
     const posted = await sql.begin(async (tx) => {
-      await tx`create schema vault`;
-      await tx`create table vault.decrypted_secrets (name text, decrypted_secret text)`;
-      await tx`create schema net`;
-      await tx`create table net.calls (url text, headers jsonb, body jsonb, timeout int)`;
-      await tx`create function net.http_post(url text, headers jsonb, body jsonb, timeout_milliseconds int)
-      returns bigint language sql as
-      'insert into net.calls values (url, headers, body, timeout_milliseconds) returning 1::bigint'`;
+      await netStandIns(tx);
       await tx.unsafe(job); // the repository's own migration text
       const none = await tx`select * from net.calls`;
       await tx`insert into vault.decrypted_secrets values
