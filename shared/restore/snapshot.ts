@@ -66,6 +66,9 @@ export function takeSnapshot(sql: Sql, request: SnapshotRequest): Promise<Snapsh
   };
   const run = transaction(sql, async (tx) => {
     const s = await snapshotIn(tx, request);
+    // What this one read saw, so that a restore compares only the rows written since
+    // (pitr.horizon_age).
+    await tx`select pitr.record_horizon(${s.snapshot_id})`;
     if (s.total_rows === 0 && !request.allowEmpty) {
       throw new Unprocessable(
         "tenant_empty",
