@@ -159,7 +159,9 @@ begin
   execute format('select count(*) filter (where ins and not reins),
       count(*) filter (where not ins or reins) from %s', r.writes) into v_ins, v_upd;
   if p_strategy in ('overwrite', 'selective') then
-    -- The rows deleted, and those re-inserted (their old image goes with the deletes).
+    -- The rows deleted, and those re-inserted (their old image goes with the deletes), fetched by
+    -- TID; the tenant is checked on each row but never through its index (see
+    -- 20261129000200_tid_fetch_without_tenant_index.sql).
     if v_empty then
       execute format('drop table if exists %1$s; create temp table %1$s on commit drop as
           select l.tableoid as pitr_ltoid, l.ctid as pitr_lctid, l.* from %2$s l where false',
@@ -170,7 +172,7 @@ begin
           where l.ctid = any (array(select lctid from pg_temp.pitr_pairs where sctid is null or reins))
             and (l.tableoid, l.ctid) in
               (select ltoid, lctid from pg_temp.pitr_pairs where sctid is null or reins)
-            and %3$s',
+            and (%3$s) is true',
         r.deletes, r.live, r.tenant_pred);
       execute format('select count(*) from pg_temp.pitr_pairs where sctid is null') into v_del;
     end if;
