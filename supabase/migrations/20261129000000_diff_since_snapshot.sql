@@ -53,9 +53,18 @@ begin
 end
 $$;
 
+-- The columns of a table's foreign keys (every key it has as the child), quoted. Nested loops
+-- on, as for every catalog lookup (see pitr.fk_edge).
+create function pitr.fk_child_columns(p_relid oid) returns text[]
+language sql stable set search_path = pg_catalog, pg_temp set enable_nestloop = on set jit = off as $$
+  select coalesce(array_agg(distinct format('%I', c)), '{}') from pitr.fk_edges e,
+    unnest(e.child_columns) c where e.child_relid = p_relid
+$$;
+
 -- pitr.table_diff (20261128100300_engine_apply.sql), with the rows unchanged since the snapshot
 -- left out of the comparison (pitr.horizon_age), and a table the tenant has no row in (a restore
--- of an emptied tenant) written whole with no join at all. Everything else as it was.
+-- of an emptied tenant) written whole with no join at all; the write set tells which updated rows
+-- kept their foreign-key values (keys_kept). Everything else as it was.
 create or replace function pitr.table_diff(p_snapshot_table bigint, p_strategy text,
   p_materialize boolean default false)
 returns table (ins bigint, upd bigint, del bigint, unchanged bigint, conflicts bigint)
@@ -78,6 +87,10 @@ declare
   v_live text := format('(select l.tableoid as pitr_ltoid, l.ctid as pitr_lctid, l.* from %s l where %s)',
     r.live, r.tenant_pred);
   v_target text := pitr.target_sql(r);
+  -- The restored columns of the table's foreign keys: an updated row whose values in them stay
+  -- as they were (keys_kept) needs no FK check, as PostgreSQL's own FK triggers skip it.
+  v_fk_cols text[] := array(select c from unnest(pitr.fk_child_columns(r.relid)) c
+    where c = any (r.cols));
   v_empty boolean;
   v_ins bigint := 0; v_upd bigint := 0; v_del bigint := 0; v_conf bigint := 0;
 begin
@@ -131,7 +144,8 @@ begin
     -- Nothing to compare with: every snapshot row (or every chosen one) is inserted.
     execute format('drop table if exists %1$s; create temp table %1$s on commit drop as
         select row_number() over () as n, t.pitr_ctid as sctid, null::oid as ltoid,
-          null::tid as lctid, true as ins, false as reins, null::bigint as lhash
+          null::tid as lctid, true as ins, false as reins, null::bigint as lhash,
+          false as keys_kept
         from %2$s t where %3$s', r.writes, pitr.target_sql(r), v_chosen_t);
   else
     -- One pass over the snapshot's rows and the tenant's rows (one hash join: probing the key
@@ -143,15 +157,18 @@ begin
         with l as (select * from %1$s l)
         select t.pitr_ctid as sctid, l.pitr_ltoid as ltoid, l.pitr_lctid as lctid,
           not (%2$s) or (%3$s) as ins, (%2$s) and (%3$s) as reins,
-          case when %2$s then %4$s end as lhash
+          case when %2$s then %4$s end as lhash,
+          (%2$s) and not (%3$s) and %10$s as keys_kept
         from %5$s t full join l on %6$s
         where (t.pitr_ctid is null or not (%2$s) or %7$s)
           and (t.pitr_ctid is null or %8$s) and (not (%2$s) or %9$s)',
       v_live, v_matched, v_reins,
       case when r.exact then pitr.row_hash_sql(r.live_exprs, r.by_text) else 'null::bigint' end,
-      v_target, pitr.join_on(r.pk, 'l', 't'), v_differs, v_chosen_t, v_chosen_l);
+      v_target, pitr.join_on(r.pk, 'l', 't'), v_differs, v_chosen_t, v_chosen_l,
+      case when cardinality(v_fk_cols) = 0 then 'true' else format('not record_image_ne(%s, %s)',
+        pitr.row_of(v_fk_cols, 'l'), pitr.row_of(v_fk_cols, 't')) end);
     execute format('drop table if exists %1$s; create temp table %1$s on commit drop as
-        select row_number() over () as n, sctid, ltoid, lctid, ins, reins, lhash
+        select row_number() over () as n, sctid, ltoid, lctid, ins, reins, lhash, keys_kept
         from pg_temp.pitr_pairs where sctid is not null', r.writes);
   end if;
   -- Batches select their rows by n: without an index each would scan the whole write set.

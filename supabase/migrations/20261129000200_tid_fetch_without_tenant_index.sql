@@ -71,7 +71,8 @@ begin
   -- The write set follows the versions to where the update moved them: built again in one pass,
   -- which costs a fraction of updating every one of its rows.
   execute format('create temp table pitr_rewritten on commit drop as
-      select w.n, coalesce(m.new_ctid, w.sctid) as sctid, w.ltoid, w.lctid, w.ins, w.reins, w.lhash
+      select w.n, coalesce(m.new_ctid, w.sctid) as sctid, w.ltoid, w.lctid, w.ins, w.reins, w.lhash,
+        w.keys_kept
       from %1$s w left join pg_temp.pitr_moved m on m.n = w.n;
     drop table %1$s;
     alter table pg_temp.pitr_rewritten rename to %2$I;
