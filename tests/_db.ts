@@ -1,6 +1,8 @@
 // Each test file gets its own database cloned from the migrated template that tests/run.ts built.
 // The database is dropped when every test of the file passed, and left behind for a look when not.
 import { connect, type Sql, type TransactionSql, withDatabase } from "../shared/db/client.ts";
+import { executeRestore } from "../shared/restore/execute.ts";
+import { createRestore, type RestoreRequest } from "../shared/restore/history.ts";
 
 export interface TestDb {
   sql: Sql;
@@ -109,4 +111,10 @@ export async function netStandIns(tx: TransactionSql): Promise<void> {
   await tx`create function net.http_post(url text, headers jsonb, body jsonb, timeout_milliseconds int)
     returns bigint language sql as
     'insert into net.calls values (url, headers, body, timeout_milliseconds) returning 1::bigint'`;
+}
+
+/** A restore as the API runs it: recorded, then executed; its final status (completed or not). */
+export async function restoreSnapshot(sql: Sql, request: RestoreRequest) {
+  const { id } = await createRestore(sql, request);
+  return await executeRestore(sql, id);
 }

@@ -4,12 +4,10 @@
 // snapshots independent of the application's own types.
 import assert from "node:assert/strict";
 import { applySnapshot } from "../shared/restore/apply.ts";
-import { executeRestore } from "../shared/restore/execute.ts";
-import { createRestore } from "../shared/restore/history.ts";
 import { planRestore } from "../shared/restore/plan.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, restoreSnapshot, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("constraints");
 const sql = db.sql;
@@ -42,13 +40,12 @@ await sql.unsafe(`
 `);
 
 async function restore(snapshotId: string, tenant: string, tables?: string[]) {
-  const { id } = await createRestore(sql, {
+  return await restoreSnapshot(sql, {
     snapshotId,
     tenantId: tenant,
     strategy: "overwrite",
     tables,
   });
-  return await executeRestore(sql, id);
 }
 
 /** A table's rows of a tenant as sorted text (a multiset), the way a person would compare them. */

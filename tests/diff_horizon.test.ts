@@ -3,11 +3,9 @@
 // shortcut could miss (a transaction open across the snapshot, rows frozen since, a horizon that
 // no longer describes this database) and require the restore to be exact anyway.
 import assert from "node:assert/strict";
-import { executeRestore } from "../shared/restore/execute.ts";
-import { createRestore } from "../shared/restore/history.ts";
 import { planRestore } from "../shared/restore/plan.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, restoreSnapshot, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("diff_horizon");
 const sql = db.sql;
@@ -26,8 +24,11 @@ async function rows(tenant: string): Promise<string[]> {
 }
 
 async function restore(snapshotId: string, tenant: string) {
-  const { id } = await createRestore(sql, { snapshotId, tenantId: tenant, strategy: "overwrite" });
-  const status = await executeRestore(sql, id);
+  const status = await restoreSnapshot(sql, {
+    snapshotId,
+    tenantId: tenant,
+    strategy: "overwrite",
+  });
   assert.equal(status.status, "completed", JSON.stringify(status.error));
   return status;
 }

@@ -9,7 +9,7 @@ import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
 import { runDrills } from "../shared/restore/drill.ts";
 import { Conflict } from "../shared/restore/errors.ts";
-import { cleanup, dbTest, storeOf, tenantDigest, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, restoreSnapshot, storeOf, tenantDigest, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("engine");
 const sql = db.sql;
@@ -24,13 +24,12 @@ async function restore(
   tenant: string,
   extra: { tables?: string[]; strategy?: "overwrite" | "merge" } = {},
 ) {
-  const { id } = await createRestore(sql, {
+  return await restoreSnapshot(sql, {
     snapshotId,
     tenantId: tenant,
     strategy: extra.strategy ?? "overwrite",
     tables: extra.tables,
   });
-  return await executeRestore(sql, id);
 }
 
 /** Damages tenant t across every table: deletes that cascade, updates, inserts, a renamed tenant. */

@@ -1,13 +1,11 @@
 // Validate compares a snapshot with the live schema: what still fits restores, what would lose
 // data or cannot be cast is refused with the table and column named, and nothing half-applies.
 import assert from "node:assert/strict";
-import { createRestore } from "../shared/restore/history.ts";
-import { executeRestore } from "../shared/restore/execute.ts";
 import { planRestore } from "../shared/restore/plan.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
 import { Unprocessable } from "../shared/restore/errors.ts";
-import { cleanup, dbTest, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, restoreSnapshot, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("drift");
 const sql = db.sql;
@@ -22,13 +20,12 @@ async function rows(tenant: string) {
   return await sql`select * from public.drift where tenant_id = ${tenant} order by id`;
 }
 async function restore(snapshotId: string) {
-  const { id } = await createRestore(sql, {
+  return await restoreSnapshot(sql, {
     snapshotId,
     tenantId: "d1",
     strategy: "overwrite",
     tables: ["drift"],
   });
-  return await executeRestore(sql, id);
 }
 
 dbTest(

@@ -96,6 +96,10 @@ declare
 begin
   if cardinality(r.pk) = 0 then
     return query select * from pitr.table_diff_multiset(p_snapshot_table, p_strategy, p_materialize);
+    if p_materialize then
+      -- A multiset's write set is all inserts: no row kept its foreign-key values.
+      execute format('alter table %s add column keys_kept boolean default false', r.writes);
+    end if;
     return;
   end if;
   if p_materialize and to_regclass(r.selection) is not null then

@@ -20,10 +20,6 @@ declare
   v_keys text := (select string_agg(format('t.%I', c), ', ') from unnest(e.child_columns) c);
   v_parent_keys text := (select string_agg(format('p.%I', c), ', ') from unnest(e.parent_columns) c);
   v_rows bigint := (select row_count from pitr.backup_snapshot_tables where id = p_snapshot_table);
-  -- A multiset's write set is all inserts and has no keys_kept.
-  v_checked text := case when exists (select from pg_attribute a
-      where a.attrelid = to_regclass(r.writes) and a.attname = 'keys_kept' and not a.attisdropped)
-    then 'not w.keys_kept' else 'true' end;
   v_count bigint;
   v_written text;
   rp pitr.restore_sql;
@@ -31,7 +27,7 @@ declare
   v_partial bigint := 0;
   v bigint;
 begin
-  execute format('select count(*) from %s w where %s', r.writes, v_checked) into v_count;
+  execute format('select count(*) from %s w where not w.keys_kept', r.writes) into v_count;
   if v_count * 3 > v_rows then
     -- Most of the tenant's rows were written (a restore of an emptied tenant): their keys are
     -- read from the table itself, a superset of the rows written (each is there, written and
@@ -39,8 +35,8 @@ begin
     -- from the store one TID at a time.
     v_written := format('(select * from %s l where %s)', r.live, r.tenant_pred);
   else
-    v_written := pitr.target_sql(r, format('array(select sctid from %s w where %s)', r.writes,
-      v_checked));
+    v_written := pitr.target_sql(r,
+      format('array(select sctid from %s w where not w.keys_kept)', r.writes));
   end if;
   if e.match_full then
     execute format('select count(*) from %s t where num_nulls(%s) between 1 and %s', v_written,

@@ -8,6 +8,8 @@
 -- fetched (found profiling a restore made right after another one, before autovacuum's ANALYZE).
 -- The functions are restated whole (CREATE OR REPLACE needs the body); only that test changed.
 
+-- Overwrite, step 1: deletes by TID the rows table_diff found missing from the snapshot
+-- (20261128220100_delete_by_tid.sql).
 create or replace function pitr.restore_delete(p_snapshot_table bigint) returns bigint
 language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set jit = off as $$
 declare
@@ -26,6 +28,7 @@ end
 $$;
 
 
+-- A restore's undo taken from its own diff (20261128220000_undo_empty.sql).
 create or replace function pitr.undo_from_diff(p_undo uuid, p_position integer, p_snapshot_table bigint)
 returns bigint
 language plpgsql
@@ -97,6 +100,7 @@ end
 $$;
 
 
+-- The verification of an overwrite from what it touched (20261128100300_engine_apply.sql).
 create or replace function pitr.verify_written(p_snapshot_table bigint)
 returns table (ok boolean, live_digest text, expected_digest text)
 language plpgsql
