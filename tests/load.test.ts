@@ -385,6 +385,35 @@ dbTest(
 );
 
 dbTest(
+  "sessions that all find the FK graph cache stale refresh it side by side: one rewrites it, none fails",
+  async () => {
+    const sessions = Array.from({ length: 8 }, () => connect(db.url, { max: 1 }));
+    try {
+      const [{ edges }] = await sql<{ edges: number }[]>`
+        select count(*)::int as edges from pitr.fk_edges`;
+      assert.ok(edges > 0);
+      // Several rounds: the race (each deletes what it saw, then inserts) needs only two to meet.
+      for (let round = 0; round < 5; round++) {
+        await sql`delete from pitr.backup_fk_constraints_cache`;
+        const written = await Promise.all(
+          sessions.map(async (s) =>
+            (await s<{ n: number }[]>`
+            select pitr.refresh_fk_cache() as n`)[0].n
+          ),
+        );
+        assert.deepEqual(written.filter((n) => n > 0), [edges], `round ${round}: ${written}`);
+        assert.equal(
+          await count(sql`select count(*) as n from pitr.fk_cache_stale() s where s`),
+          0,
+        );
+      }
+    } finally {
+      await Promise.all(sessions.map((s) => s.end()));
+    }
+  },
+);
+
+dbTest(
   "a tenant locked past PITR_SNAPSHOT_LOCK_WAIT_MS: 409 tenant_busy for the one on the lock and those queued behind it",
   async () => {
     Deno.env.set("PITR_SNAPSHOT_LOCK_WAIT_MS", "800");
