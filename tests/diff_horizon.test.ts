@@ -5,7 +5,8 @@
 import assert from "node:assert/strict";
 import { planRestore } from "../shared/restore/plan.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
-import { cleanup, dbTest, restoreSnapshot, testDatabase } from "./_db.ts";
+import { validateSnapshot } from "../shared/restore/validate.ts";
+import { cleanup, dbTest, restoreSnapshot, storeOf, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("diff_horizon");
 const sql = db.sql;
@@ -136,5 +137,74 @@ dbTest("other tenants' rows are not rewritten by a restore that uses the horizon
     xmins,
   );
 });
+
+/** A plan's refusal code, or "planned" when it plans. */
+async function planOutcome(snapshotId: string): Promise<string> {
+  try {
+    await planRestore(sql, { snapshotId });
+    return "planned";
+  } catch (e) {
+    return (e as { code?: string }).code ?? String(e);
+  }
+}
+
+dbTest(
+  "a plan recomputes the checksum in its diff: a forged, missing or extra stored row it would restore is refused",
+  async () => {
+    await seed("h7", 7000);
+    const s = await takeSnapshot(sql, { tenantId: "h7" });
+    assert.ok((await horizonAge(s.snapshot_id)) !== null);
+    const store = await storeOf(sql, s.tables.find((t) => t.name === "hz.items")!.id);
+    const at = (id: number) =>
+      sql`
+      select ctid from pitr_store.${sql(store.table)} where pitr_tenant = 'h7' and id = ${id}`;
+    await sql`update hz.items set qty = 99 where tenant_id = 'h7' and id in (7001, 7002)`;
+    assert.equal(await planOutcome(s.snapshot_id), "planned");
+
+    // The stored values of a row the restore would write (its live row changed since).
+    await sql`update pitr_store.${sql(store.table)} set name = 'forged'
+      where ctid = (${(await at(7001))[0].ctid})::tid`;
+    assert.equal(await planOutcome(s.snapshot_id), "snapshot_invalid");
+    await sql`update pitr_store.${sql(store.table)} set name = 'item 1'
+      where ctid = (${(await at(7001))[0].ctid})::tid`;
+    assert.equal(await planOutcome(s.snapshot_id), "planned");
+
+    // The stored hash of a row whose live row is unchanged: it counts with that hash.
+    await sql`update pitr_store.${sql(store.table)} set pitr_hash = pitr_hash + 1
+      where ctid = (${(await at(7010))[0].ctid})::tid`;
+    assert.equal(await planOutcome(s.snapshot_id), "snapshot_invalid");
+    await sql`update pitr_store.${sql(store.table)} set pitr_hash = pitr_hash - 1
+      where ctid = (${(await at(7010))[0].ctid})::tid`;
+
+    // A stored row gone, and a stored row added.
+    const [gone] = await sql`delete from pitr_store.${sql(store.table)}
+      where ctid = (${(await at(7020))[0].ctid})::tid returning *`;
+    assert.equal(await planOutcome(s.snapshot_id), "snapshot_invalid");
+    await sql`insert into pitr_store.${sql(store.table)}
+      select * from jsonb_populate_record(null::pitr_store.${sql(store.table)}, ${sql.json(gone)})`;
+    assert.equal(await planOutcome(s.snapshot_id), "planned");
+    await sql`insert into pitr_store.${sql(store.table)}
+      select * from jsonb_populate_record(null::pitr_store.${sql(store.table)}, ${sql.json(gone)})`;
+    assert.equal(await planOutcome(s.snapshot_id), "snapshot_invalid");
+  },
+);
+
+dbTest(
+  "a forged stored row whose live row is unchanged: validate refuses it, the plan and the restore, which keep the live row, are exact",
+  async () => {
+    await seed("h8", 8000);
+    const s = await takeSnapshot(sql, { tenantId: "h8" });
+    const before = await rows("h8");
+    const store = await storeOf(sql, s.tables.find((t) => t.name === "hz.items")!.id);
+    await sql`update pitr_store.${sql(store.table)} set name = 'forged'
+      where pitr_tenant = 'h8' and id = 8030`;
+    assert.equal((await validateSnapshot(sql, s.snapshot_id)).valid, false);
+    await sql`update hz.items set qty = -5 where tenant_id = 'h8' and id in (8001, 8002)`;
+    const plan = await planRestore(sql, { snapshotId: s.snapshot_id });
+    assert.equal(plan.totals.update, 2);
+    await restore(s.snapshot_id, "h8");
+    assert.deepEqual(await rows("h8"), before);
+  },
+);
 
 cleanup(db);

@@ -81,7 +81,15 @@ export async function planRestore(
     ));
   }
 
-  const validation = await validateSnapshot(sql, snapshot.snapshot_id, chosen, !options.forRestore);
+  // A restore verifies what it wrote instead; a preview (neither a restore nor selective)
+  // recomputes each table's checksum in its diff's pass, compared below.
+  const preview = !options.forRestore && strategy !== "selective";
+  const validation = await validateSnapshot(
+    sql,
+    snapshot.snapshot_id,
+    chosen,
+    !options.forRestore && !preview,
+  );
   const error = firstError(validation);
   if (error) {
     throw new Unprocessable(
@@ -103,11 +111,25 @@ export async function planRestore(
   const tables: TableCounts[] = [];
   for (const t of steps) {
     const [d] = await sql<
-      { ins: string; upd: string; del: string; unchanged: string; conflicts: string }[]
+      {
+        ins: string;
+        upd: string;
+        del: string;
+        unchanged: string;
+        conflicts: string;
+        checksum: string | null;
+      }[]
     >`
-      select ins, upd, del, unchanged, conflicts
-      from pitr.table_diff(${t.id}, ${strategy},
-        ${(options.forRestore ?? false) || strategy === "selective"})`;
+      select ins, upd, del, unchanged, conflicts, checksum
+      from pitr.table_diff(${t.id}, ${strategy}, ${!preview})`;
+    if (preview && d.checksum !== t.checksum) {
+      throw new Unprocessable(
+        "snapshot_invalid",
+        `the stored rows of ${t.name} do not match their checksum (${t.rows} rows recorded); ` +
+          "the snapshot was altered",
+        t.name,
+      );
+    }
     tables.push({
       table: t.name,
       insert: Number(d.ins),
