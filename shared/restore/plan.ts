@@ -81,14 +81,15 @@ export async function planRestore(
     ));
   }
 
-  // A restore verifies what it wrote instead; a preview (neither a restore nor selective)
-  // recomputes each table's checksum in its diff's pass, compared below.
+  // Checksums: a restore verifies what it wrote instead; a preview (neither a restore nor
+  // selective) recomputes each table's in its diff's pass, compared below; a selective plan,
+  // whose diff keeps its write set, checks them here.
   const preview = !options.forRestore && strategy !== "selective";
   const validation = await validateSnapshot(
     sql,
     snapshot.snapshot_id,
     chosen,
-    !options.forRestore && !preview,
+    !options.forRestore && strategy === "selective",
   );
   const error = firstError(validation);
   if (error) {
