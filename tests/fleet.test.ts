@@ -1,6 +1,7 @@
 // What keeps one tenant's cost independent of the fleet (issue 12), checked on the catalog: the
 // stores' btree by tenant (no BRIN), their fillfactor, and no JIT inside the engine.
 import assert from "node:assert/strict";
+import { connect } from "../shared/db/client.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { cleanup, dbTest, testDatabase } from "./_db.ts";
 
@@ -42,7 +43,11 @@ dbTest("closing a version is a HOT update that keeps it on its page", async () =
   const before = await sql<{ ctid: string }[]>`select ctid::text from ${
     sql("pitr_store." + store_table)
   } where pitr_tenant = '401' and pitr_to is null order by ctid`;
-  await takeSnapshot(sql, { tenantId: "401" });
+  // On a client of its own, ended after: its session's backend exits and reports its statistics
+  // (a kept session would report them only once it has been idle long enough).
+  const own = connect(db.url, { max: 2 });
+  await takeSnapshot(own, { tenantId: "401" });
+  await own.end({ timeout: 5 });
   const closed = await sql<{ ctid: string }[]>`select ctid::text from ${
     sql("pitr_store." + store_table)
   } where pitr_tenant = '401' and pitr_to is not null order by ctid`;
@@ -50,7 +55,7 @@ dbTest("closing a version is a HOT update that keeps it on its page", async () =
   const pages = (rows: { ctid: string }[]) => [...new Set(rows.map((r) => r.ctid.split(",")[0]))];
   assert.deepEqual(pages(closed), pages(before), "the closed versions stay on their pages");
   // And as HOT updates (a non-HOT update may stay on its page too): the statistics, once the
-  // snapshot's session has reported them.
+  // snapshot's backend has reported them.
   const rel = `pitr_store.${store_table}`;
   let stat = { upd: 0, hot: 0 };
   for (let i = 0; i < 50 && stat.upd < closed.length; i++) {

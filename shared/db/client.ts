@@ -4,6 +4,7 @@
 import postgres from "postgres";
 import { budgetFromEnv, type BudgetSettings, sessionGate, split } from "./budget.ts";
 import type { Gate } from "./gate.ts";
+import { IdleSessions, sessionIdleMsFromEnv } from "./idle.ts";
 
 export type Sql = postgres.Sql;
 export type TransactionSql = postgres.TransactionSql;
@@ -26,6 +27,8 @@ interface Origin {
   url: string;
   application: string;
   sessions: Gate;
+  /** Sessions kept open between transactions, within the gate's slots (idle.ts). */
+  idle: IdleSessions;
 }
 
 const origins = new WeakMap<Sql, Origin>();
@@ -70,7 +73,17 @@ export function connect(url: string, options: ConnectOptions = {}): Sql {
   }
   const application = options.application ?? "pitr";
   const sql = postgres(url, clientOptions(pool, application));
-  origins.set(sql, { url, application, sessions: sessionGate(sessions, settings) });
+  const idle = new IdleSessions(sessionIdleMsFromEnv());
+  origins.set(sql, { url, application, sessions: sessionGate(sessions, settings), idle });
+  // Ending the client ends the sessions it keeps: every caller's sql.end() (tools, tests) closes
+  // all of its connections, as before sessions were kept.
+  const end = sql.end.bind(sql);
+  Object.assign(sql, {
+    end: async (options?: { timeout?: number }) => {
+      await idle.closeAll();
+      return await end(options);
+    },
+  });
   return sql;
 }
 
@@ -86,6 +99,11 @@ function clientOptions(max: number, application: string) {
 /** The gate a dedicated session of this client must pass (transaction.ts). */
 export function sessionsOf(sql: Sql): Gate {
   return originOf(sql).sessions;
+}
+
+/** The sessions this client keeps between transactions (transaction.ts). */
+export function idleSessionsOf(sql: Sql): IdleSessions {
+  return originOf(sql).idle;
 }
 
 /** How a session's one connection is opened and watched (shared/db/session.ts). */

@@ -36,6 +36,17 @@ export interface Session {
   abort(reason: string): void;
   /** Closes the session: at once when it was lost (or `lost`), else after its last query. */
   end(lost?: boolean): Promise<void>;
+  /**
+   * Clears what a transaction may leave on its session once it has ended (settings made for the
+   * session, such as a snapshot's lock_timeout; session advisory locks, such as a snapshot's
+   * tenant lock; temporary tables), so that the next transaction can be given it (idle.ts).
+   * False when it could not: the session must then be closed.
+   */
+  reset(): Promise<boolean>;
+  /** Kept unused (idle.ts): its connection no longer keeps the process alive. */
+  release(): void;
+  /** Taken for a transaction again. */
+  hold(): void;
 }
 
 interface SocketOptions {
@@ -47,6 +58,7 @@ interface SocketOptions {
 /** A session of `sql`'s database: its connection is opened here and counted by the caller. */
 export function openSession(pool: Sql): Session {
   let opened = false;
+  let connection: net.Socket | undefined;
   let closing = false;
   let lostReason: string | undefined;
   let reject: (e: SessionEnded) => void = () => {};
@@ -63,6 +75,7 @@ export function openSession(pool: Sql): Session {
       opened = true;
       // The first host only: a session is one backend, and a failover would be a new one.
       const socket = o.path ? net.connect(o.path) : net.connect(o.port[0], o.host[0]);
+      connection = socket;
       // postgres.js reads it for TLS's server name.
       Object.assign(socket, { host: o.host[0] });
       return socket;
@@ -91,5 +104,17 @@ export function openSession(pool: Sql): Session {
       // A query postgres.js lost after the socket's error would hold a graceful end for 5 s.
       await sql.end({ timeout: lost || lostReason !== undefined ? 0 : 5 });
     },
+    reset: async () => {
+      if (lostReason !== undefined) return false;
+      try {
+        // Fixed text. Prepared statements and the backend's caches stay: they are what is kept.
+        await sql.unsafe("reset all; discard temp; select pg_advisory_unlock_all()");
+        return lostReason === undefined;
+      } catch {
+        return false;
+      }
+    },
+    release: () => connection?.unref(),
+    hold: () => connection?.ref(),
   };
 }

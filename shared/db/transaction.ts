@@ -1,13 +1,14 @@
-// A transaction on a session of its own (shared/db/session.ts), opened for it and closed after,
+// A transaction on a session of its own (shared/db/session.ts), opened for it or kept from the
+// last transaction (shared/db/idle.ts), and closed or kept clean after,
 // counted in the process's connection budget.
 // It must never write to a connection the server has closed, nor outlive its session: postgres.js's
 // sql.begin() sends ROLLBACK after any error, and a pooled or reserved connection terminated under
 // it (pg_terminate_backend, a server restart) is reused in a state where the next write throws
 // from a timer under Deno and takes the whole process down. The server has already rolled back
 // such a transaction, so nothing is sent on it again, and the caller learns at once.
-import { sessionsOf, type Sql } from "./client.ts";
+import { idleSessionsOf, sessionsOf, type Sql } from "./client.ts";
 import type { Release } from "./gate.ts";
-import { openSession, SESSION_ENDED, SessionEnded } from "./session.ts";
+import { openSession, type Session, SESSION_ENDED, SessionEnded } from "./session.ts";
 
 const CONNECTION_LOST = new Set([
   "CONNECTION_CLOSED",
@@ -50,8 +51,8 @@ export async function transaction<T>(
     try {
       return await inSession(sql, fn, options);
     } finally {
-      // Given back only once the session's connection is closed (inSession waited for it), so
-      // that the next session never overlaps it.
+      // Given back only once the session's connection is closed or kept clean (inSession waited
+      // for it), so that the next session never overlaps it.
       release();
     }
   } finally {
@@ -59,12 +60,38 @@ export async function transaction<T>(
   }
 }
 
+/** A kept session that turned out lost before its transaction began: nothing of it ran. */
+class StaleSession extends Error {}
+
+/**
+ * On the session the client kept last (idle.ts), else on a new one. A kept session found lost
+ * before its transaction began (its backend ended while it was kept: a server restart, an idle
+ * timeout, pg_terminate_backend) is replaced by a new one: nothing of the work had run on it, and
+ * `before` is idempotent (a setting, a lock, stores created if missing).
+ */
 async function inSession<T>(
   sql: Sql,
   fn: (tx: Sql) => Promise<T>,
   options: TransactionOptions,
 ): Promise<T> {
-  const session = openSession(sql);
+  const kept = idleSessionsOf(sql).take();
+  if (kept) {
+    try {
+      return await onSession(sql, kept, true, fn, options);
+    } catch (e) {
+      if (!(e instanceof StaleSession)) throw e;
+    }
+  }
+  return await onSession(sql, openSession(sql), false, fn, options);
+}
+
+async function onSession<T>(
+  sql: Sql,
+  session: Session,
+  reused: boolean,
+  fn: (tx: Sql) => Promise<T>,
+  options: TransactionOptions,
+): Promise<T> {
   const abort = () => session.abort(String(options.signal?.reason ?? "the session was ended"));
   if (options.signal?.aborted) abort();
   options.signal?.addEventListener("abort", abort);
@@ -72,31 +99,41 @@ async function inSession<T>(
     ? "begin isolation level repeatable read"
     : "begin";
   // Whatever fn waits on, the transaction is over when its session is: the server rolled it back.
-  const onSession = <R>(work: Promise<R>): Promise<R> => {
+  const whileAlive = <R>(work: Promise<R>): Promise<R> => {
     work.catch(() => {}); // its failure, if any, comes after the session's
     return Promise.race([work, session.ended]);
   };
   let lost = false;
+  let begun = false;
+  // The transaction ended with a COMMIT or ROLLBACK the server answered: the session can be kept.
+  let ended = false;
   try {
-    await onSession((async () => {
+    await whileAlive((async () => {
       await options.before?.(session.sql);
       // Fixed text chosen from two literals above, never caller input.
       await session.sql.unsafe(begin);
     })());
-    const result = await onSession(fn(session.sql));
-    await onSession(session.sql`commit`.then(() => {}));
+    begun = true;
+    const result = await whileAlive(fn(session.sql));
+    await whileAlive(session.sql`commit`.then(() => {}));
+    ended = true;
     return result;
   } catch (e) {
     lost = session.lost() || isConnectionLost(e);
     if (!lost) {
-      await onSession(session.sql`rollback`.then(() => {})).catch(() => {});
+      await whileAlive(session.sql`rollback`.then(() => ended = true)).catch(() => {});
     }
+    if (lost && reused && !begun) throw new StaleSession();
     // An error of a lost session (EPIPE, a later query refused) is the session's end.
     throw session.lost() && !isConnectionLost(e)
       ? Object.assign(new SessionEnded("the session's connection closed"), { cause: e })
       : e;
   } finally {
     options.signal?.removeEventListener("abort", abort);
-    await session.end(lost);
+    if (ended && !session.lost() && await session.reset()) {
+      await idleSessionsOf(sql).keep(session);
+    } else {
+      await session.end(lost);
+    }
   }
 }
