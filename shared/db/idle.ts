@@ -18,6 +18,13 @@ export function sessionIdleMsFromEnv(): number {
   return n;
 }
 
+/**
+ * A session is not kept past this age, as postgres.js retires its pool's connections after 30 to
+ * 60 minutes: what a backend accumulates (pitr.restore_sql's per-table settings, one for each
+ * snapshot table it has restored; its caches) does not grow without end.
+ */
+const MAX_AGE_MS = 30 * 60_000;
+
 interface Kept {
   session: Session;
   timer: ReturnType<typeof setTimeout>;
@@ -48,7 +55,7 @@ export class IdleSessions {
 
   /** Keeps a session its last transaction left clean (reset() was true), or closes it. */
   async keep(session: Session): Promise<void> {
-    if (this.ended || this.idleMs === 0) {
+    if (this.ended || this.idleMs === 0 || Date.now() - session.openedAt > MAX_AGE_MS) {
       await session.end();
       return;
     }

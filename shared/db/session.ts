@@ -47,6 +47,8 @@ export interface Session {
   release(): void;
   /** Taken for a transaction again. */
   hold(): void;
+  /** When it was opened (Date.now()). */
+  openedAt: number;
 }
 
 interface SocketOptions {
@@ -114,6 +116,7 @@ export function openSession(pool: Sql): Session {
         return false;
       }
     },
+    openedAt: Date.now(),
     release: () => connection?.unref(),
     hold: () => connection?.ref(),
   };
