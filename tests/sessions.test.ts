@@ -1,12 +1,13 @@
 // Sessions kept between transactions (shared/db/idle.ts): the next transaction gets the warm
 // backend with nothing of the last one left on it; a session lost, while kept or in its
 // transaction, is never handed out again; kept sessions stay within the budget, close after
-// PITR_SESSION_IDLE_MS and with their client; and a cancel never reaches the transaction a kept
-// session serves after a restore's.
+// PITR_SESSION_IDLE_MS and with their client; and a session is kept only after a COMMIT, so that
+// a failed restore's session, found by a cancel while its history row still says running, is gone.
 import assert from "node:assert/strict";
 import { connect, idleSessionsOf, type Sql } from "../shared/db/client.ts";
 import { transaction } from "../shared/db/transaction.ts";
-import { cancelRestore, createRestore } from "../shared/restore/history.ts";
+import { executeRestore } from "../shared/restore/execute.ts";
+import { createRestore } from "../shared/restore/history.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { cleanup, dbTest, testDatabase } from "./_db.ts";
 
@@ -116,9 +117,9 @@ dbTest(
 );
 
 dbTest(
-  "a session lost in its transaction, or whose transaction could not end, is closed, never kept",
+  "a session lost in its transaction, or whose transaction failed, is closed, never kept",
   async () => {
-    const { sql: c, application } = client("lost");
+    const { sql: c } = client("lost");
     try {
       const pid = await transaction(c, pidOf);
       await assert.rejects(
@@ -128,11 +129,16 @@ dbTest(
       );
       assert.equal(idleSessionsOf(c).size, 0);
       await gone(pid);
-      // A failed statement is rolled back and the session kept: it is healthy.
-      await assert.rejects(transaction(c, (tx) => tx`select 1 / 0`), /division by zero/);
-      assert.equal(idleSessionsOf(c).size, 1);
-      const [kept] = await connections(application);
-      assert.equal(await transaction(c, pidOf), kept);
+      const failing = await transaction(c, pidOf);
+      await assert.rejects(
+        transaction(c, async (tx) => {
+          assert.equal(await pidOf(tx), failing, "the kept session");
+          await tx`select 1 / 0`;
+        }),
+        /division by zero/,
+      );
+      assert.equal(idleSessionsOf(c).size, 0);
+      await gone(failing);
     } finally {
       await c.end({ timeout: 5 });
     }
@@ -184,47 +190,40 @@ dbTest(
 );
 
 dbTest(
-  "cancel never signals the session of a restore that has ended, now in another transaction",
+  "a failed restore's session is closed with its transaction; a completed restore's is kept",
   async () => {
-    const { snapshot_id } = await takeSnapshot(sql, { tenantId: "901" });
-    const { id } = await createRestore(sql, {
-      snapshotId: snapshot_id,
-      tenantId: "901",
-      strategy: "overwrite",
-    });
-    // The restore's session (its pid and backend_start exactly) after the restore's transaction
-    // ended, kept, now in the transaction of other work: only the transaction tells them apart.
-    const other = connect(db.url, { max: 1 });
+    const { sql: c } = client("restore");
+    const holder = await sql.reserve();
     try {
-      const [mine] = await other<{ pid: number; started: string }[]>`
-        select pg_backend_pid() as pid, backend_start::text as started
-        from pg_stat_activity where pid = pg_backend_pid()`;
-      const ended = await other.begin(async (tx) =>
-        (await tx<{ txid: string }[]>`select txid_current()::text as txid`)[0].txid
-      );
-      await other`begin`;
-      await other`select txid_current()`;
-      await sql`update public.backup_pitr_rollback_history
-        set status = 'running', started_at = clock_timestamp(), heartbeat_at = clock_timestamp(),
-          backend_pid = ${mine.pid}, backend_start = ${mine.started}::text::timestamptz,
-          transaction_ids = array[${ended}::text]
-        where id = ${id}`;
-      const sleeping = other`select pg_sleep(2.5) as slept`.then(() => "finished", (e) => e.code);
-      await sleep(200);
-      const answer = await cancelRestore(sql, id, 1000);
-      assert.equal(answer.status, "cancelled", JSON.stringify(answer));
-      assert.equal(
-        await sleeping,
-        "finished",
-        "the other transaction's statement was not cancelled",
-      );
-      const [still] = await other<{ pid: number; started: string }[]>`
-        select pg_backend_pid() as pid, backend_start::text as started
-        from pg_stat_activity where pid = pg_backend_pid()`;
-      assert.deepEqual(still, mine, "the session was not terminated");
-      await other`commit`;
+      const { snapshot_id } = await takeSnapshot(c, { tenantId: "901" });
+      await sql`update public.lessons set body = 'damaged' where tenant_id = 901`;
+      await holder`begin`;
+      await holder`select 1 from public.lessons where tenant_id = 901 for update`;
+      const failed = await createRestore(c, {
+        snapshotId: snapshot_id,
+        tenantId: "901",
+        strategy: "overwrite",
+      });
+      const status = await executeRestore(c, failed.id, { lockTimeoutMs: 200 });
+      assert.equal(status.status, "failed", JSON.stringify(status));
+      assert.equal(status.error?.code, "lock_timeout");
+      // Its history row said running until the failure was recorded, after the rollback: the
+      // session it names (pid and backend_start) must not be serving other work by then.
+      const [{ backend_pid }] = await sql<{ backend_pid: number }[]>`
+        select backend_pid from public.backup_pitr_rollback_history where id = ${failed.id}`;
+      assert.equal(idleSessionsOf(c).size, 0);
+      await gone(backend_pid);
+      await holder`rollback`;
+      const done = await createRestore(c, {
+        snapshotId: snapshot_id,
+        tenantId: "901",
+        strategy: "overwrite",
+      });
+      assert.equal((await executeRestore(c, done.id)).status, "completed");
+      assert.equal(idleSessionsOf(c).size, 1);
     } finally {
-      await other.end({ timeout: 1 });
+      holder.release();
+      await c.end({ timeout: 5 });
     }
   },
 );

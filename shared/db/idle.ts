@@ -53,7 +53,7 @@ export class IdleSessions {
     return undefined;
   }
 
-  /** Keeps a session its last transaction left clean (reset() was true), or closes it. */
+  /** Keeps a session whose transaction committed and was reset (transaction.ts), or closes it. */
   async keep(session: Session): Promise<void> {
     if (this.ended || this.idleMs === 0 || Date.now() - session.openedAt > MAX_AGE_MS) {
       await session.end();

@@ -37,7 +37,7 @@ export interface Session {
   /** Closes the session: at once when it was lost (or `lost`), else after its last query. */
   end(lost?: boolean): Promise<void>;
   /**
-   * Clears what a transaction may leave on its session once it has ended (settings made for the
+   * Clears what a transaction may leave on its session once it has committed (settings made for the
    * session, such as a snapshot's lock_timeout; session advisory locks, such as a snapshot's
    * tenant lock; temporary tables), so that the next transaction can be given it (idle.ts).
    * False when it could not: the session must then be closed.

@@ -105,8 +105,12 @@ async function onSession<T>(
   };
   let lost = false;
   let begun = false;
-  // The transaction ended with a COMMIT or ROLLBACK the server answered: the session can be kept.
-  let ended = false;
+  // Only a session whose transaction committed is kept. A failed one is closed, as before sessions
+  // were kept: a running restore's session is found by its pid and backend_start while its history
+  // row says running (restore/session_watch.ts), which a failed restore's row still says after the
+  // rollback, until its failure is recorded; a committed restore's row says completed in the same
+  // commit. So a cancel or a heartbeat can never reach other work on a kept session.
+  let committed = false;
   try {
     await whileAlive((async () => {
       await options.before?.(session.sql);
@@ -116,12 +120,12 @@ async function onSession<T>(
     begun = true;
     const result = await whileAlive(fn(session.sql));
     await whileAlive(session.sql`commit`.then(() => {}));
-    ended = true;
+    committed = true;
     return result;
   } catch (e) {
     lost = session.lost() || isConnectionLost(e);
     if (!lost) {
-      await whileAlive(session.sql`rollback`.then(() => ended = true)).catch(() => {});
+      await whileAlive(session.sql`rollback`.then(() => {})).catch(() => {});
     }
     if (lost && reused && !begun) throw new StaleSession();
     // An error of a lost session (EPIPE, a later query refused) is the session's end.
@@ -130,7 +134,7 @@ async function onSession<T>(
       : e;
   } finally {
     options.signal?.removeEventListener("abort", abort);
-    if (ended && !session.lost() && await session.reset()) {
+    if (committed && !session.lost() && await session.reset()) {
       await idleSessionsOf(sql).keep(session);
     } else {
       await session.end(lost);
