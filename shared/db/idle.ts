@@ -1,7 +1,7 @@
 // The sessions a client keeps open between transactions, so that the next transaction starts on a
 // warm backend: no connection to open, and its engine functions compiled and its catalog caches
 // filled by the last one. A restore of a 5% drift of 111,000 rows took 579 ms on a new backend and
-// 339 ms on a kept one (PostgreSQL 15, median of 5; the README's Performance section).
+// 355 ms on a kept one (PostgreSQL 15, median of 5; the README's Connections and load).
 // It must never hand out a session that is lost or still holds anything of its last transaction
 // (session.ts reset()), nor keep more sessions than the gate's slots that opened them, nor keep
 // one open longer than PITR_SESSION_IDLE_MS unused, nor after the client ends.
