@@ -408,7 +408,7 @@ async function checkBulkShape(sql: Sql, tenant: number): Promise<void> {
     select store_table from pitr.backup_stores`
   ) {
     const [r] = await sql<{ n: string }[]>`select count(*) as n
-      from ${sql("pitr_store." + store_table)} where pitr_tenant = ${id}
+      from ${sql("pitr_store." + store_table)} where pitr_tenant = ${id} and pitr_to is null
         and pitr_from = (select seq from public.backup_snapshots where id = ${s.snapshot_id})`;
     newVersions += Number(r.n);
   }
