@@ -17,7 +17,11 @@
 -- index to the other, an index insert instead of a HOT update. Where it lands is unchanged: a
 -- version stays on its page when the page has room (fillfactor 90), HOT or not (30,000 closes of
 -- 100,000 rows: the same 10,171 stayed on their page either way, PostgreSQL 15). A first snapshot
--- writes one index entry per row, as before.
+-- writes one index entry per row, as before. Until (auto)vacuum passes, the open index keeps a dead
+-- entry for each version closed since, which a read visits and skips: history since the last
+-- vacuum, where the old index kept all retained history for good. With these indexes the same
+-- 0.1% drift restore took 160 ms in the same state; 5% drift restores took 451 ms while the dead
+-- entries of a dozen rounds with no vacuum piled up, and 323 ms with the store vacuumed.
 
 create or replace function pitr.store_for(p_relid oid) returns pitr.backup_stores
 language plpgsql set search_path = pg_catalog, pg_temp set jit = off as $$
