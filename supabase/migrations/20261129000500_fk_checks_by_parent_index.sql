@@ -49,7 +49,7 @@ begin
     v_left := format('%s except select %s from %s p', v_left, v_parent_keys, pitr.written_sql(rp));
   end if;
   execute format('drop table if exists pg_temp.pitr_fk_keys;
-      create temp table pitr_fk_keys on commit drop as %s; analyze pg_temp.pitr_fk_keys', v_left);
+      create temp table pitr_fk_keys on commit drop as %s', v_left);
   -- The keys left are looked up one by one in the parent's key index, the one a foreign key
   -- requires: nested loops only for these statements (the SET clause restores the settings on
   -- return). Left to choose, the planner hashed the whole parent table, every tenant's rows, from
@@ -66,11 +66,11 @@ end
 $$;
 
 -- The plan's check that a table restored without its parent table points only at parent rows
--- there now: its distinct keys (hashed, from the tenant's snapshot rows), then each looked up.
+-- there now: its distinct keys (hashed, from the tenant's snapshot rows), each looked up.
 create or replace function pitr.fk_missing_parents(p_fk oid, p_child_snapshot_table bigint)
 returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off
-set enable_sort = off set enable_hashjoin = on set enable_mergejoin = on set jit = off as $$
+language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = on
+set enable_sort = off set enable_hashjoin = off set enable_mergejoin = off set jit = off as $$
 declare
   r pitr.restore_sql := pitr.restore_sql(p_child_snapshot_table);
   e record := pitr.fk_edge(p_fk);
@@ -78,17 +78,11 @@ declare
   v_keys text := (select string_agg(format('t.%I', c), ', ') from unnest(e.child_columns) c);
   v bigint;
 begin
-  execute format('drop table if exists pg_temp.pitr_fk_keys;
-      create temp table pitr_fk_keys on commit drop as
-        select %s, count(*) as pitr_rows from %s t where %s group by %s;
-      analyze pg_temp.pitr_fk_keys',
-    v_keys, pitr.target_sql(r), f.not_null, v_keys);
-  perform set_config('enable_nestloop', 'on', true);
-  perform set_config('enable_hashjoin', 'off', true);
-  perform set_config('enable_mergejoin', 'off', true);
-  execute format('select coalesce(sum(t.pitr_rows), 0) from pg_temp.pitr_fk_keys t
+  execute format('select coalesce(sum(t.pitr_rows), 0) from (select %s, count(*) as pitr_rows
+        from %s t where %s group by %s) t
       where not exists (select from %I.%I p where %s)',
-    e.parent_schema, e.parent_table, f.joined) into v;
+    v_keys, pitr.target_sql(r), f.not_null, v_keys, e.parent_schema, e.parent_table, f.joined)
+  into v;
   return v;
 end
 $$;
