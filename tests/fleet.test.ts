@@ -1,6 +1,8 @@
-// What keeps one tenant's cost independent of the fleet (issue 12), checked on the catalog: the
-// stores' btree by tenant (no BRIN), their fillfactor, and no JIT inside the engine; and on a
-// restore's own statistics: its FK checks find parent rows by key, not by a scan of every tenant.
+// What keeps one tenant's cost independent of the fleet and of its history (issues 12, 13),
+// checked on the catalog: the stores' btrees of open and closed versions (no BRIN), their
+// fillfactor, and no JIT inside the engine; and on a plan's and a restore's own statistics: a plan
+// reads none of the tenant's closed versions, FK checks find parent rows by key, not by a scan of
+// every tenant's.
 import assert from "node:assert/strict";
 import { applySnapshot } from "../shared/restore/apply.ts";
 import { connect, type Db } from "../shared/db/client.ts";
