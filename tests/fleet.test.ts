@@ -2,7 +2,7 @@
 // checked on the catalog: the stores' btrees of open and closed versions (no BRIN), their
 // fillfactor, and no JIT inside the engine; and on a plan's and a restore's own statistics: a plan
 // reads none of the tenant's closed versions, FK checks find parent rows by key, not by a scan of
-// every tenant's.
+// every tenant's, and dropping a snapshot reads only the versions it alone held.
 import assert from "node:assert/strict";
 import { applySnapshot } from "../shared/restore/apply.ts";
 import { connect, type Db } from "../shared/db/client.ts";
@@ -150,6 +150,52 @@ dbTest(
     assert.equal(n, 1000);
     assert.equal(reads.seq_scan, 0, "no scan of the users table");
     assert.ok(reads.idx_scan > 0, `${reads.idx_scan} index scans`);
+  },
+);
+
+dbTest(
+  "dropping a snapshot reads the versions it alone held, none of the tenant's other history",
+  async () => {
+    await sql`insert into public.tenants (id, name) values (406, 'retained')`;
+    await sql`insert into public.users (tenant_id, email)
+    select 406, 'r' || g || '@example' from generate_series(1, 500) g`;
+    // Eight days of every row changed, each day's snapshot kept: 3,500 closed versions.
+    const days = [await takeSnapshot(sql, { tenantId: "406" })];
+    for (let day = 1; day < 8; day++) {
+      await sql`update public.users set display_name = ${`day ${day}`} where tenant_id = 406`;
+      days.push(await takeSnapshot(sql, { tenantId: "406" }));
+    }
+    const [{ store_table }] = await sql<{ store_table: string }[]>`
+    select store_table from pitr.backup_snapshot_tables
+    where snapshot_id = ${days[0].snapshot_id} and table_name = 'users'`;
+    const store = `pitr_store.${store_table}`;
+    const versions = async (closed: boolean) => {
+      const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from ${sql(store)}
+        where pitr_tenant = '406' and (pitr_to is not null) = ${closed}`;
+      return n;
+    };
+    assert.equal(await versions(true), 3500);
+    // Day 3's 500 versions are its alone: written on day 3, closed by day 4's snapshot.
+    const read = await onNewBackend(async (tx) => {
+      await tx`select pitr.drop_snapshot(${days[3].snapshot_id})`;
+      return await tx<{ index: string; n: number }[]>`
+        select indexrelid::regclass::text as index,
+          pg_stat_get_xact_tuples_returned(indexrelid)::int as n
+        from pg_index where indrelid = ${store}::regclass`;
+    });
+    const n = (suffix: string) => read.find((r) => r.index.endsWith(suffix))!.n;
+    assert.equal(n("_closed"), 500, "the closed entries read: those closed by the next snapshot");
+    assert.equal(n("_open"), 0);
+    assert.equal(await versions(true), 3000);
+    assert.equal(await versions(false), 500);
+    // What is left is what the other snapshots hold: each still validates.
+    for (const day of [2, 4]) {
+      const [{ bad }] = await sql<{ bad: number }[]>`
+        select count(*)::int as bad from pitr.validate_table(${
+        days[day].tables.find((t) => t.name === "public.users")!.id
+      }) where not ok`;
+      assert.equal(bad, 0, `day ${day}`);
+    }
   },
 );
 
