@@ -29,6 +29,34 @@ async function onNewBackend<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * A tenant of 500 users, every row changed each day after the first, each day's snapshot kept:
+ * the snapshots, oldest first, and the users' store.
+ */
+async function dailyHistory(tenant: number, days: number) {
+  await sql`insert into public.tenants (id, name) values (${tenant}, 'history')`;
+  await sql`insert into public.users (tenant_id, email)
+    select ${tenant}, 'h' || g || '@example' from generate_series(1, 500) g`;
+  const snapshots = [await takeSnapshot(sql, { tenantId: String(tenant) })];
+  for (let day = 1; day < days; day++) {
+    await sql`update public.users set display_name = ${`day ${day}`} where tenant_id = ${tenant}`;
+    snapshots.push(await takeSnapshot(sql, { tenantId: String(tenant) }));
+  }
+  const [{ store_table }] = await sql<{ store_table: string }[]>`
+    select store_table from pitr.backup_snapshot_tables
+    where snapshot_id = ${snapshots[0].snapshot_id} and table_name = 'users'`;
+  return { snapshots, store: `pitr_store.${store_table}` };
+}
+
+/** This transaction's own counters: the entries its scans read from the store's index (suffix). */
+async function indexReads(tx: Db, store: string): Promise<(suffix: string) => number> {
+  const read = await tx<{ index: string; n: number }[]>`
+    select indexrelid::regclass::text as index,
+      pg_stat_get_xact_tuples_returned(indexrelid)::int as n
+    from pg_index where indrelid = ${store}::regclass`;
+  return (suffix) => read.find((r) => r.index.endsWith(suffix))!.n;
+}
+
 dbTest(
   "every store has a btree of open versions, one of closed ones, no BRIN, and fillfactor 90",
   async () => {
@@ -75,35 +103,21 @@ dbTest("closing a version keeps it on its page", async () => {
 dbTest(
   "a plan of the latest snapshot reads the tenant's rows from the store, none of its history",
   async () => {
-    await sql`insert into public.tenants (id, name) values (405, 'history')`;
-    await sql`insert into public.users (tenant_id, email)
-    select 405, 'h' || g || '@example' from generate_series(1, 500) g`;
-    // Five days of every row changed, each day's snapshot kept: 2,500 closed versions.
-    let latest = await takeSnapshot(sql, { tenantId: "405" });
-    for (let day = 1; day <= 5; day++) {
-      await sql`update public.users set display_name = ${`day ${day}`} where tenant_id = 405`;
-      latest = await takeSnapshot(sql, { tenantId: "405" });
-    }
-    const [{ store_table }] = await sql<{ store_table: string }[]>`
-    select store_table from pitr.backup_snapshot_tables
-    where snapshot_id = ${latest.snapshot_id} and table_name = 'users'`;
-    const store = `pitr_store.${store_table}`;
+    // Five days of every row changed after the first, each day's snapshot kept: 2,500 closed
+    // versions.
+    const { snapshots, store } = await dailyHistory(405, 6);
+    const latest = snapshots[snapshots.length - 1];
     const [{ closed }] = await sql<{ closed: number }[]>`select count(*)::int as closed from ${
       sql(store)
     } where pitr_tenant = '405' and pitr_to is not null`;
     assert.equal(closed, 2500);
     // As autovacuum would have: the index entries of the versions' earlier states are gone.
     await sql`vacuum ${sql(store)}`;
-    const read = await onNewBackend(async (tx) => {
+    const n = await onNewBackend(async (tx) => {
       const plan = await planRestore(tx, { snapshotId: latest.snapshot_id, tables: ["users"] });
       assert.equal(plan.totals.update + plan.totals.insert + plan.totals.delete, 0);
-      // This transaction's own counters: the entries its scans read from each store index.
-      return await tx<{ index: string; n: number }[]>`
-        select indexrelid::regclass::text as index,
-          pg_stat_get_xact_tuples_returned(indexrelid)::int as n
-        from pg_index where indrelid = ${store}::regclass`;
+      return await indexReads(tx, store);
     });
-    const n = (suffix: string) => read.find((r) => r.index.endsWith(suffix))!.n;
     // Each of the plan's passes over the snapshot reads its 500 open versions, and no closed one.
     assert.equal(n("_closed"), 0);
     assert.ok(n("_open") >= 500 && n("_open") % 500 === 0, `${n("_open")} open entries read`);
@@ -156,19 +170,9 @@ dbTest(
 dbTest(
   "dropping a snapshot reads the versions it alone held, none of the tenant's other history",
   async () => {
-    await sql`insert into public.tenants (id, name) values (406, 'retained')`;
-    await sql`insert into public.users (tenant_id, email)
-    select 406, 'r' || g || '@example' from generate_series(1, 500) g`;
-    // Eight days of every row changed, each day's snapshot kept: 3,500 closed versions.
-    const days = [await takeSnapshot(sql, { tenantId: "406" })];
-    for (let day = 1; day < 8; day++) {
-      await sql`update public.users set display_name = ${`day ${day}`} where tenant_id = 406`;
-      days.push(await takeSnapshot(sql, { tenantId: "406" }));
-    }
-    const [{ store_table }] = await sql<{ store_table: string }[]>`
-    select store_table from pitr.backup_snapshot_tables
-    where snapshot_id = ${days[0].snapshot_id} and table_name = 'users'`;
-    const store = `pitr_store.${store_table}`;
+    // Eight days of every row changed after the first, each day's snapshot kept: 3,500 closed
+    // versions.
+    const { snapshots: days, store } = await dailyHistory(406, 8);
     const versions = async (closed: boolean) => {
       const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from ${sql(store)}
         where pitr_tenant = '406' and (pitr_to is not null) = ${closed}`;
@@ -176,14 +180,10 @@ dbTest(
     };
     assert.equal(await versions(true), 3500);
     // Day 3's 500 versions are its alone: written on day 3, closed by day 4's snapshot.
-    const read = await onNewBackend(async (tx) => {
+    const n = await onNewBackend(async (tx) => {
       await tx`select pitr.drop_snapshot(${days[3].snapshot_id})`;
-      return await tx<{ index: string; n: number }[]>`
-        select indexrelid::regclass::text as index,
-          pg_stat_get_xact_tuples_returned(indexrelid)::int as n
-        from pg_index where indrelid = ${store}::regclass`;
+      return await indexReads(tx, store);
     });
-    const n = (suffix: string) => read.find((r) => r.index.endsWith(suffix))!.n;
     assert.equal(n("_closed"), 500, "the closed entries read: those closed by the next snapshot");
     assert.equal(n("_open"), 0);
     assert.equal(await versions(true), 3000);
