@@ -58,6 +58,20 @@ async function indexReads(tx: Db, store: string): Promise<(suffix: string) => nu
   return (suffix) => read.find((r) => r.index.endsWith(suffix))!.n;
 }
 
+/** This transaction's own counters of how it read a table: its scans, and by the indexes. */
+async function tableReads(tx: Db, table: string) {
+  const [r] = await tx<{ seq_scan: number; seq_tup_read: number; idx_scan: number }[]>`
+    select seq_scan::int, seq_tup_read::int, idx_scan::int from pg_stat_xact_user_tables
+    where relid = ${table}::regclass`;
+  return r;
+}
+
+/** Adds `count` users of a tenant, their emails `prefix` followed by a number. */
+async function addUsers(tenant: number, prefix: string, count: number) {
+  await sql`insert into public.users (tenant_id, email)
+    select ${tenant}, ${prefix} || g || '@example' from generate_series(1, ${count}::int) g`;
+}
+
 dbTest(
   "every store has a btree of open versions, one of closed ones, no BRIN, and fillfactor 90",
   async () => {
@@ -139,10 +153,8 @@ dbTest(
   async () => {
     // The parent table is mostly another tenant's: 30,000 users beside the restored tenant's 1,000.
     await sql`insert into public.tenants (id, name) values (403, 'restored'), (404, 'fleet')`;
-    await sql`insert into public.users (tenant_id, email)
-    select 404, 'fleet' || g || '@example' from generate_series(1, 30000) g`;
-    await sql`insert into public.users (tenant_id, email)
-    select 403, 'own' || g || '@example' from generate_series(1, 1000) g`;
+    await addUsers(404, "fleet", 30000);
+    await addUsers(403, "own", 1000);
     const [{ id: campaign }] = await sql<{ id: string }[]>`
     insert into public.campaigns (tenant_id, title) values (403, 'c') returning id`;
     await sql`insert into public.enrollments (tenant_id, campaign_id, user_id)
@@ -155,10 +167,7 @@ dbTest(
     // counters say how the users table was read; a hash join read all 31,000 users by a scan.
     const reads = await onNewBackend(async (tx) => {
       await applySnapshot(tx, snap.snapshot_id, { strategy: "overwrite", tables: ["enrollments"] });
-      const [r] = await tx<{ seq_scan: number; idx_scan: number }[]>`
-      select seq_scan::int, idx_scan::int from pg_stat_xact_user_tables
-      where relid = 'public.users'::regclass`;
-      return r;
+      return await tableReads(tx, "public.users");
     });
     const [{ n }] = await sql<{ n: number }[]>`
     select count(*)::int as n from public.enrollments where tenant_id = 403`;
@@ -206,20 +215,15 @@ dbTest(
     // A third of the users table is the restored tenant's, stored after the fleet's 30,000: a
     // planner that expects one of them within the first three rows of a scan reads them all.
     await sql`insert into public.tenants (id, name) values (407, 'fleet'), (408, 'restored')`;
-    await sql`insert into public.users (tenant_id, email)
-      select 407, 'fleet' || g || '@example' from generate_series(1, 30000) g`;
-    await sql`insert into public.users (tenant_id, email)
-      select 408, 'own' || g || '@example' from generate_series(1, 15000) g`;
+    await addUsers(407, "fleet", 30000);
+    await addUsers(408, "own", 15000);
     await sql`analyze public.users`;
     const snap = await takeSnapshot(sql, { tenantId: "408", tables: ["users"] });
     await sql`update public.users set display_name = 'changed'
       where tenant_id = 408 and email = 'own1@example'`;
     const reads = await onNewBackend(async (tx) => {
       await applySnapshot(tx, snap.snapshot_id, { strategy: "overwrite", tables: ["users"] });
-      const [r] = await tx<{ seq_scan: number; seq_tup_read: number }[]>`
-        select seq_scan::int, seq_tup_read::int from pg_stat_xact_user_tables
-        where relid = 'public.users'::regclass`;
-      return r;
+      return await tableReads(tx, "public.users");
     });
     const [{ n }] = await sql<{ n: number }[]>`select count(*)::int as n from public.users
       where tenant_id = 408 and display_name is null`;

@@ -9,17 +9,8 @@
 -- undo, pitr.table_diff before it writes). A table with no index on its tenant column is still
 -- scanned: there is no other way to read it.
 
-create or replace function pitr.tenant_has_rows(p_snapshot_table bigint) returns boolean
-language plpgsql stable set search_path = pg_catalog, pg_temp set enable_seqscan = off
-set jit = off as $$
-declare
-  r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
-  v boolean;
-begin
-  execute format('select exists (select from %s l where %s)', r.live, r.tenant_pred) into v;
-  return v;
-end
-$$;
+-- pitr.tenant_has_rows (20261128220000_undo_empty.sql) keeps its body.
+alter function pitr.tenant_has_rows(bigint) set enable_seqscan = off set jit = off;
 
 -- pitr.table_diff (20261129000000_diff_since_snapshot.sql), asking pitr.tenant_has_rows whether
 -- the tenant's table is empty; everything else as it was.
