@@ -5,6 +5,8 @@
 import assert from "node:assert/strict";
 import { applySnapshot } from "../shared/restore/apply.ts";
 import { planRestore } from "../shared/restore/plan.ts";
+import { executeRestore } from "../shared/restore/execute.ts";
+import { createRestore } from "../shared/restore/history.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
 import { cleanup, dbTest, restoreSnapshot, testDatabase } from "./_db.ts";
@@ -328,6 +330,60 @@ dbTest(
     const [{ n }] = await sql<{ n: string }[]>`
     select count(*) as n from pitr.backup_stores where table_schema = 'shop' and table_name = 'fresh'`;
     assert.equal(Number(n), 1);
+  },
+);
+
+dbTest(
+  "a foreign key added while a restore runs is never left unchecked: the restore is refused, naming it, rows unchanged; run again, it is checked",
+  async () => {
+    // ADD FOREIGN KEY takes SHARE ROW EXCLUSIVE, which the restore's reads do not conflict with:
+    // an application's migration can add one after the restore read the FK graph and before it
+    // writes, with the triggers that would check it off for the restore.
+    await sql.unsafe(`
+      create table shop.kinds (id int primary key, tenant_id text not null);
+      create table shop.items (id bigint primary key, tenant_id text not null, kind int);
+      insert into pitr.backup_protected_tables (table_schema, table_name)
+        values ('shop', 'kinds'), ('shop', 'items');
+      insert into shop.kinds values (1, 'k'), (2, 'k');
+      insert into shop.items values (1, 'k', 1), (2, 'k', 99);`);
+    const tables = ["shop.kinds", "shop.items"];
+    const s = await takeSnapshot(sql, { tenantId: "k", tables });
+    await sql`update shop.items set kind = 2 where id = 2`;
+    const before = await rows("shop.items", "k");
+    const { id } = await createRestore(sql, {
+      snapshotId: s.snapshot_id,
+      tenantId: "k",
+      strategy: "overwrite",
+      tables,
+    });
+    let added = false;
+    try {
+      const status = await executeRestore(sql, id, {
+        onPhase: async (phase) => {
+          if (phase !== "writes") return;
+          // Valid for the rows committed now: the restore's item of kind 99 is not written yet.
+          await sql`alter table shop.items add constraint items_kind_fk foreign key (kind)
+            references shop.kinds (id)`;
+          added = true;
+        },
+      });
+      assert.ok(added, "the foreign key was added while the restore ran");
+      assert.equal(status.status, "failed", JSON.stringify(status));
+      assert.equal(status.error!.code, "concurrent_change");
+      assert.match(status.error!.message, /items_kind_fk .*was added while the restore ran/);
+      assert.deepEqual(await rows("shop.items", "k"), before);
+      const [{ n }] = await sql<{ n: string }[]>`select count(*) as n from shop.items i
+        where i.kind is not null and not exists (select from shop.kinds k where k.id = i.kind)`;
+      assert.equal(Number(n), 0, "no item references a kind that is missing");
+      // Run again, the plan knows the key: the item of kind 99 is refused by its check.
+      const again = await restore(s.snapshot_id, "k", tables);
+      assert.equal(again.status, "failed", JSON.stringify(again));
+      assert.equal(again.error!.code, "foreign_key_violation");
+      assert.match(again.error!.message, /items_kind_fk/);
+      assert.deepEqual(await rows("shop.items", "k"), before);
+    } finally {
+      await sql`alter table shop.items drop constraint if exists items_kind_fk`;
+    }
   },
 );
 

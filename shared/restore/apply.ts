@@ -4,7 +4,7 @@
 import type { Db } from "../db/client.ts";
 import { RestoreFailed, Unprocessable } from "./errors.ts";
 import { type Plan, planRestore, type Strategy } from "./plan.ts";
-import { pickTables, protectedTables } from "./catalog.ts";
+import { foreignKeys, pickTables, protectedTables } from "./catalog.ts";
 import { lockTenant } from "./lock.ts";
 import { countSnapshotRows, getSnapshot, snapshotIn } from "./snapshot.ts";
 import type { Choice } from "./select.ts";
@@ -198,7 +198,26 @@ export async function applySnapshot(
         );
       }
     }
-    for (const fk of plan.foreignKeys) {
+    // FK triggers are off, so these checks are all that enforce the keys. ADD FOREIGN KEY takes
+    // SHARE ROW EXCLUSIVE, which a restore's reads do not conflict with: an application's
+    // migration may have added a key since the plan read the graph, one the diff did not know
+    // (it skips updated rows whose FK columns, as it knew them, kept their values). Such a
+    // restore is refused, to be run again; from here to commit no key can be added to a table it
+    // wrote or deleted from, since its ROW EXCLUSIVE lock conflicts with that. A key dropped
+    // since binds nothing and is not checked.
+    const planned = new Set(plan.foreignKeys.map((fk) => fk.oid));
+    const checked = (await foreignKeys(tx, "catalog"))
+      .filter((fk) => restored.has(fk.child) || restored.has(fk.parent));
+    const added = checked.find((fk) => !planned.has(fk.oid));
+    if (added) {
+      throw new RestoreFailed(
+        "concurrent_change",
+        `foreign key ${added.name} (${added.child} to ${added.parent}) was added while the ` +
+          "restore ran; nothing was changed, run the restore again",
+        restored.has(added.child) ? added.child : added.parent,
+      );
+    }
+    for (const fk of checked) {
       const child = restored.get(fk.child);
       const parent = restored.get(fk.parent);
       if (child) {

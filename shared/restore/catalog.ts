@@ -71,8 +71,14 @@ export async function refreshForeignKeys(sql: Db): Promise<void> {
   await sql`select pitr.refresh_fk_cache()`;
 }
 
-/** The FK graph as cached by refreshForeignKeys. */
-export async function foreignKeys(sql: Db): Promise<ForeignKey[]> {
+/**
+ * The FK graph as cached by refreshForeignKeys, or ("catalog") as the catalog has it at this
+ * statement, for a check that must not miss a key added since the cache was read.
+ */
+export async function foreignKeys(
+  sql: Db,
+  source: "cache" | "catalog" = "cache",
+): Promise<ForeignKey[]> {
   const rows = await sql<
     {
       constraint_oid: number;
@@ -88,7 +94,8 @@ export async function foreignKeys(sql: Db): Promise<ForeignKey[]> {
     }[]
   >`select constraint_oid::int8 as constraint_oid, constraint_name, child_schema, child_table,
       child_columns, parent_schema, parent_table, parent_columns, is_deferrable, on_delete
-    from pitr.backup_fk_constraints_cache order by constraint_oid`;
+    from ${sql(source === "catalog" ? "pitr.fk_edges" : "pitr.backup_fk_constraints_cache")}
+    order by constraint_oid`;
   return rows.map((r) => ({
     oid: Number(r.constraint_oid),
     name: r.constraint_name,
