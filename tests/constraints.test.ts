@@ -387,4 +387,80 @@ dbTest(
   },
 );
 
+dbTest(
+  "deferrable unique, primary and exclusion keys, which PostgreSQL checks by a trigger that a restore turns off, are checked before commit: a collision is refused as key_conflict, rows unchanged",
+  async () => {
+    await sql.unsafe(`
+      create table shop.slots (id bigint, tenant_id text not null, pos int, code text,
+        span int4range,
+        constraint slots_pk primary key (id) deferrable,
+        constraint slots_pos unique (tenant_id, pos) deferrable initially deferred,
+        constraint slots_code unique (code) deferrable,
+        constraint slots_span exclude using gist (span with &&) where (pos > 0) deferrable);
+      insert into pitr.backup_protected_tables (table_schema, table_name) values ('shop', 'slots');
+      insert into shop.slots values (1, 'p', 1, 'A', '[1,5)'), (2, 'p', 2, 'B', '[5,9)');`);
+    const s = await takeSnapshot(sql, { tenantId: "p", tables: ["shop.slots"] });
+    const good = await rows("shop.slots", "p");
+    const refused = async (strategy: "overwrite" | "merge", constraint: string) => {
+      const before = await rows("shop.slots", "p");
+      const status = await restoreSnapshot(sql, {
+        snapshotId: s.snapshot_id,
+        tenantId: "p",
+        strategy,
+        tables: ["shop.slots"],
+      });
+      assert.equal(status.status, "failed", JSON.stringify(status));
+      assert.equal(status.error!.code, "key_conflict");
+      assert.match(status.error!.message, new RegExp(constraint));
+      assert.deepEqual(await rows("shop.slots", "p"), before);
+    };
+    // Another tenant took the code A since.
+    await sql`update shop.slots set code = 'Z' where id = 1`;
+    await sql`insert into shop.slots values (3, 'q', 1, 'A', null)`;
+    await refused("overwrite", "slots_code");
+    await sql`delete from shop.slots where id = 3`;
+    // Another tenant took the id 2 (a key a restore of p's row 2 must write).
+    await sql`delete from shop.slots where id = 2`;
+    await sql`insert into shop.slots values (2, 'q', 7, 'Q', null)`;
+    await refused("overwrite", "slots_pk");
+    await sql`delete from shop.slots where id = 2`;
+    // p's own row 4 took position 2; a merge adds back row 2 at position 2 beside it.
+    await sql`insert into shop.slots values (4, 'p', 2, 'D', null)`;
+    await refused("merge", "slots_pos");
+    await sql`delete from shop.slots where id = 4`;
+    // Another tenant's span overlaps row 2's; where its pos is not > 0 the exclusion binds nothing.
+    await sql`insert into shop.slots values (5, 'q', 3, 'E', '[6,7)')`;
+    await refused("overwrite", "slots_span");
+    await sql`update shop.slots set pos = 0 where id = 5`;
+    const status = await restoreSnapshot(sql, {
+      snapshotId: s.snapshot_id,
+      tenantId: "p",
+      strategy: "overwrite",
+      tables: ["shop.slots"],
+    });
+    assert.equal(status.status, "completed", JSON.stringify(status.error));
+    assert.deepEqual(await rows("shop.slots", "p"), good);
+
+    // NULLS NOT DISTINCT: a null collides with another tenant's null.
+    await sql.unsafe(`
+      create table shop.tags (id bigint primary key, tenant_id text not null, label text,
+        constraint tags_label unique nulls not distinct (label) deferrable);
+      insert into pitr.backup_protected_tables (table_schema, table_name) values ('shop', 'tags');
+      insert into shop.tags values (1, 'p', null);`);
+    const t = await takeSnapshot(sql, { tenantId: "p", tables: ["shop.tags"] });
+    await sql`update shop.tags set label = 'x' where id = 1`;
+    await sql`insert into shop.tags values (2, 'q', null)`;
+    const tags = await restoreSnapshot(sql, {
+      snapshotId: t.snapshot_id,
+      tenantId: "p",
+      strategy: "overwrite",
+      tables: ["shop.tags"],
+    });
+    assert.equal(tags.status, "failed", JSON.stringify(tags));
+    assert.equal(tags.error!.code, "key_conflict");
+    assert.match(tags.error!.message, /tags_label/);
+    assert.deepEqual(await rows("shop.tags", "p"), ["(1,p,x)"]);
+  },
+);
+
 cleanup(db);

@@ -198,6 +198,20 @@ export async function applySnapshot(
         );
       }
     }
+    // So is the trigger that checks a deferrable primary, unique or exclusion key.
+    for (const t of plan.steps) {
+      current.table = t.name;
+      const [c] = await tx<{ constraint_name: string; rows: string }[]>`
+        select constraint_name, rows from pitr.deferred_key_conflicts(${t.id})`;
+      if (c) {
+        throw new RestoreFailed(
+          "key_conflict",
+          `${c.rows} restored rows of ${t.name} collide with other rows on deferrable key ` +
+            c.constraint_name,
+          t.name,
+        );
+      }
+    }
     // FK triggers are off, so these checks are all that enforce the keys. ADD FOREIGN KEY takes
     // SHARE ROW EXCLUSIVE, which a restore's reads do not conflict with: an application's
     // migration may have added a key since the plan read the graph, one the diff did not know
