@@ -614,4 +614,51 @@ dbTest(
   },
 );
 
+dbTest(
+  "the tenant's own writes while its restore runs: one to a row the restore writes refuses the restore; one elsewhere is kept, as if made after it",
+  async () => {
+    const lessons = async () =>
+      (await sql<{ r: string }[]>`select row(l.*)::text as r from public.lessons l
+        where tenant_id = 401 order by id`).map((x) => x.r);
+    const snap = await takeSnapshot(sql, { tenantId: "401" });
+    const good = await lessons();
+    const [{ first }] = await sql<{ first: number }[]>`
+      select min(id) as first from public.lessons where tenant_id = 401`;
+    await sql`update public.lessons set body = body || ' (bad import)' where id = ${first}`;
+    const restoreWhile = async (write: () => Promise<unknown>) => {
+      const { id } = await createRestore(sql, {
+        snapshotId: snap.snapshot_id,
+        tenantId: "401",
+        strategy: "overwrite",
+      });
+      // Between the diff and the writes: the rows to write are chosen, none is locked yet.
+      return await executeRestore(sql, id, {
+        onPhase: async (p) => {
+          if (p === "writes") await write();
+        },
+      });
+    };
+    // The row the restore is about to write back changes under it: its update finds the row
+    // gone from where the diff saw it, and the verification refuses what would be left.
+    const refused = await restoreWhile(() =>
+      sql`update public.lessons set body = 'the application wrote this' where id = ${first}`
+    );
+    assert.equal(refused.status, "failed");
+    assert.equal(refused.error?.code, "verification_failed");
+    const after = await lessons();
+    assert.deepEqual(after.slice(1), good.slice(1));
+    assert.match(after[0], /the application wrote this/);
+    // A new row of the tenant, committed while the restore runs: the restore completes and the
+    // row stays, as a write committed just after the restore would.
+    const [{ added }] = await sql<{ added: number }[]>`select nextval(pg_get_serial_sequence(
+      'public.lessons', 'id'))::int + 1000 as added`;
+    const kept = await restoreWhile(() =>
+      sql`insert into public.lessons (id, tenant_id, body) values (${added}, 401, 'new lesson')`
+    );
+    assert.equal(kept.status, "completed", JSON.stringify(kept.error));
+    assert.deepEqual(await lessons(), [...good, `(${added},401,"new lesson")`]);
+    await sql`delete from public.lessons where id = ${added}`;
+  },
+);
+
 cleanup(db);
