@@ -460,6 +460,43 @@ dbTest(
     assert.equal(tags.error!.code, "key_conflict");
     assert.match(tags.error!.message, /tags_label/);
     assert.deepEqual(await rows("shop.tags", "p"), ["(1,p,x)"]);
+
+    // An exclusion on an expression, with a predicate, over columns whose names need quoting, and
+    // a key of two columns: each looked up through its own index with its own operators.
+    await sql.unsafe(`
+      create table shop.stays (id bigint primary key, tenant_id text not null,
+        "Room No" int not null, "From" int not null, "To" int not null,
+        constraint stays_no_overlap exclude using gist
+          (int4range("From", "To") with &&) where ("Room No" > 0) deferrable initially deferred,
+        constraint stays_room unique ("Room No", "From") deferrable);
+      insert into pitr.backup_protected_tables (table_schema, table_name)
+        values ('shop', 'stays');
+      insert into shop.stays values (1, 'p', 1, 10, 20);`);
+    const b = await takeSnapshot(sql, { tenantId: "p", tables: ["shop.stays"] });
+    const restoreStays = () =>
+      restoreSnapshot(sql, {
+        snapshotId: b.snapshot_id,
+        tenantId: "p",
+        strategy: "overwrite",
+        tables: ["shop.stays"],
+      });
+    await sql`update shop.stays set "From" = 30, "To" = 40 where id = 1`;
+    const moved = await rows("shop.stays", "p");
+    await sql`insert into shop.stays values (2, 'q', 2, 15, 25)`;
+    const overlap = await restoreStays();
+    assert.equal(overlap.error?.code, "key_conflict", JSON.stringify(overlap));
+    assert.match(overlap.error!.message, /stays_no_overlap/);
+    // The same room and start, with an empty range that overlaps nothing.
+    await sql`update shop.stays set "Room No" = 1, "From" = 10, "To" = 10 where id = 2`;
+    const sameStart = await restoreStays();
+    assert.equal(sameStart.error?.code, "key_conflict", JSON.stringify(sameStart));
+    assert.match(sameStart.error!.message, /stays_room/);
+    assert.deepEqual(await rows("shop.stays", "p"), moved);
+    // Overlapping where the predicate does not hold binds nothing.
+    await sql`update shop.stays set "Room No" = -1, "From" = 12, "To" = 18 where id = 2`;
+    const done = await restoreStays();
+    assert.equal(done.status, "completed", JSON.stringify(done.error));
+    assert.deepEqual(await rows("shop.stays", "p"), ["(1,p,1,10,20)"]);
   },
 );
 
