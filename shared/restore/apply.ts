@@ -198,7 +198,9 @@ export async function applySnapshot(
         );
       }
     }
-    // So is the trigger that checks a deferrable primary, unique or exclusion key.
+    // Triggers are off for this transaction, those PostgreSQL checks keys with included: the index
+    // of a deferrable primary, unique or exclusion key takes a colliding entry and leaves the
+    // check to a trigger, so the restore checks those keys itself.
     for (const t of plan.steps) {
       current.table = t.name;
       const [c] = await tx<{ constraint_name: string; rows: string }[]>`
