@@ -267,7 +267,8 @@ async function sessionOf(rollbackId: string): Promise<number> {
     where h.id = ${rollbackId}`;
   if (r) return r.pid;
   const begun = await sql<{ pid: number }[]>`select pid from pg_stat_activity
-    where datname = current_database() and state = 'idle in transaction' and query = 'begin'`;
+    where datname = current_database() and state = 'idle in transaction'
+      and query like 'begin%'`;
   assert.equal(begun.length, 1, "one session has just begun the restore's transaction");
   return begun[0].pid;
 }

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { runDrills } from "../shared/restore/drill.ts";
 import { createRestore } from "../shared/restore/history.ts";
+import { connect } from "../shared/db/client.ts";
 import { cleanup, dbTest, storeOf, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("rls");
@@ -134,5 +135,43 @@ dbTest("authenticated users cannot write any backup table, nor read the stored r
   >`select count(*) as n from public.backup_snapshots where id = ${s301.snapshot_id}`;
   assert.equal(Number(n), 1);
 });
+
+dbTest(
+  "the engine never reads an application table through row level security: a role subject to it gets an error, not a partial snapshot",
+  async () => {
+    // A service connected as a role without BYPASSRLS (a least-privilege setup), or a table with
+    // FORCE ROW LEVEL SECURITY: its policies would hide rows from the snapshot's read.
+    const role = `pitr_rls_probe_${crypto.randomUUID().slice(0, 8)}`;
+    const [{ me }] = await sql<{ me: string }[]>`select current_user as me`;
+    await sql.unsafe(`
+      create table public.rls_notes (id int primary key, tenant_id bigint not null, note text);
+      insert into public.rls_notes values (1, 601, 'a'), (2, 601, 'b'), (3, 601, 'c');
+      alter table public.rls_notes enable row level security;
+      alter table public.rls_notes force row level security;
+      create policy only_the_first on public.rls_notes using (id = 1);
+      create role "${role}" login nobypassrls password 'probe';
+      grant "${me}" to "${role}";`);
+    const url = new URL(db.url);
+    url.username = role;
+    url.password = "probe";
+    const probe = connect(url.toString(), { max: 2 });
+    try {
+      const [{ seen }] = await probe<{ seen: number }[]>`
+        select count(*)::int as seen from public.rls_notes where tenant_id = 601`;
+      assert.equal(seen, 1, "the policy hides two of the three rows from this role");
+      await assert.rejects(
+        takeSnapshot(probe, { tenantId: "601", tables: ["public.rls_notes"] }),
+        /row-level security/,
+      );
+      const [{ n }] = await sql<{ n: number }[]>`
+        select count(*)::int as n from public.backup_snapshots where tenant_id = '601'`;
+      assert.equal(n, 0, "no snapshot was recorded");
+    } finally {
+      await probe.end();
+      await sql.unsafe(`reassign owned by "${role}" to "${me}"; drop owned by "${role}";
+        drop role "${role}"; drop table public.rls_notes`);
+    }
+  },
+);
 
 cleanup(db);

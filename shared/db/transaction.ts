@@ -95,9 +95,13 @@ async function onSession<T>(
   const abort = () => session.abort(String(options.signal?.reason ?? "the session was ended"));
   if (options.signal?.aborted) abort();
   options.signal?.addEventListener("abort", abort);
+  // row_security off: a table this session's role would read through row level security (a
+  // role without BYPASSRLS, or a table with FORCE ROW LEVEL SECURITY) is an error, not a silently
+  // partial snapshot or restore. Superusers and BYPASSRLS roles (Supabase's postgres and
+  // service_role) read as before.
   const begin = options.isolation === "repeatable read"
-    ? "begin isolation level repeatable read"
-    : "begin";
+    ? "begin isolation level repeatable read; set local row_security = off"
+    : "begin; set local row_security = off";
   // Whatever fn waits on, the transaction is over when its session is: the server rolled it back.
   const whileAlive = <R>(work: Promise<R>): Promise<R> => {
     work.catch(() => {}); // its failure, if any, comes after the session's
@@ -114,7 +118,8 @@ async function onSession<T>(
   try {
     await whileAlive((async () => {
       await options.before?.(session.sql);
-      // Fixed text chosen from two literals above, never caller input.
+      // Fixed text chosen from two literals above, never caller input; two statements, sent as
+      // one simple query.
       await session.sql.unsafe(begin);
     })());
     begun = true;
