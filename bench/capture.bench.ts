@@ -16,6 +16,7 @@ import {
   runWorkload,
 } from "./capture_workload.ts";
 import { fmt, fmtSummary, MB, percentile, round3, summarise, type Summary } from "./stats.ts";
+import { printTable } from "./report.ts";
 
 const quick = Deno.args.includes("--quick");
 const REPS = quick ? 3 : 5;
@@ -277,15 +278,10 @@ async function run(sql: Sql): Promise<Report> {
 
 function printReport(r: Report): void {
   const head = ["figure", "with capture", "without capture", "ratio"];
-  const widths = head.map((h, i) => Math.max(h.length, ...r.rows.map((row) => row[i].length)));
-  const line = (cells: string[]) =>
-    "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
   console.log("");
   for (const h of r.header) console.log(h);
   console.log("");
-  console.log(line(head));
-  console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
-  for (const row of r.rows) console.log(line(row));
+  printTable(head, r.rows);
   console.log("");
   for (const n of r.notes) console.log(n);
   console.log(JSON.stringify(r.json));

@@ -21,6 +21,7 @@ import {
   vacuum,
 } from "./dataset.ts";
 import { fmt, fmtSummary, MB, round3, summarise, type Summary } from "./stats.ts";
+import { printTable } from "./report.ts";
 
 const quick = Deno.args.includes("--quick");
 const REPS = quick ? 2 : 5;
@@ -116,18 +117,13 @@ async function run(sql: Sql): Promise<void> {
       round3(ck.max / none.min)
     })`,
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...table.map((r) => r[i].length)));
-  const line = (cells: string[]) =>
-    "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
   console.log("");
   console.log(
     `restores of one tenant of ${fmt(rowsOf(SIZES))} rows among ${TENANTS}, ${REPS} of each, ` +
       "with and without a CHECKPOINT just before, alternating",
   );
   console.log("");
-  console.log(line(head));
-  console.log(line(widths.map((w) => "-".repeat(w))));
-  for (const r of table) console.log(line(r));
+  printTable(head, table);
   const ratio = (mode: Mode) => round3(seconds(drift[mode]).median / seconds(full[mode]).median);
   console.log("");
   console.log(JSON.stringify({

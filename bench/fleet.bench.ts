@@ -19,6 +19,7 @@ import {
   writerP99DuringMaintenance,
 } from "./fleet_ops.ts";
 import { fmt, fmtSummary, MB, round3, summarise, timed } from "./stats.ts";
+import { printTable } from "./report.ts";
 
 const quick = Deno.args.includes("--quick");
 /** Leaves both databases behind (printed) for EXPLAIN. */
@@ -559,14 +560,10 @@ function print(rows: Row[], header: string[], ops: Ops) {
     `≤ ${GOAL[r.key]}`,
     r.ratio <= GOAL[r.key] ? "yes" : "no",
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
-  const line = (c: string[]) => "| " + c.map((x, i) => x.padEnd(widths[i])).join(" | ") + " |";
   console.log("");
   for (const h of header) console.log(h);
   console.log("");
-  console.log(line(head));
-  console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
-  for (const c of cells) console.log(line(c));
+  printTable(head, cells);
   const w = ops.writer;
   const d = ops.drills;
   const opsCells = [
@@ -594,12 +591,8 @@ function print(rows: Row[], header: string[], ops: Ops) {
     ],
   ];
   const opsHead = ["operation on the fleet", "measured", "figure", "goal", "met"];
-  const ow = opsHead.map((h, i) => Math.max(h.length, ...opsCells.map((c) => c[i].length)));
-  const oline = (c: string[]) => "| " + c.map((x, i) => x.padEnd(ow[i])).join(" | ") + " |";
   console.log("");
-  console.log(oline(opsHead));
-  console.log("|" + ow.map((x) => "-".repeat(x + 2)).join("|") + "|");
-  for (const c of opsCells) console.log(oline(c));
+  printTable(opsHead, opsCells);
   console.log("");
   const missed = rows.filter((r) => r.ratio > GOAL[r.key]);
   for (const r of missed) {

@@ -17,6 +17,7 @@ import {
 } from "./dataset.ts";
 import { PeakConnections, PeakRss, ServedPitr } from "./served.ts";
 import { fmt, MB, percentile } from "./stats.ts";
+import { printTable } from "./report.ts";
 
 const quick = Deno.args.includes("--quick");
 /** 20 tenants, 10 simultaneous snapshots of each. */
@@ -341,15 +342,10 @@ function printReport(
     "peak RSS MB",
   ];
   const table = r.scenarios.flatMap(rows);
-  const widths = head.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
-  const line = (cells: string[]) =>
-    "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
   console.log("");
   for (const h of r.header) console.log(h);
   console.log("");
-  console.log(line(head));
-  console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
-  for (const row of table) console.log(line(row));
+  printTable(head, table);
   console.log("");
   for (const s of r.scenarios) for (const n of s.notes) console.log(`${s.name}: ${n}`);
   console.log(JSON.stringify(r.json));

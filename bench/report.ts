@@ -52,8 +52,14 @@ export function shortfall(key: RatioKey, ratio: number): string {
   return `${what} against ${g.text}: ${round3(factor)}× ${g.bound === "min" ? "short" : "over"}`;
 }
 
-function row(cells: string[], widths: number[]): string {
-  return "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
+/** Prints a markdown table, each column as wide as its widest cell. */
+export function printTable(head: string[], rows: string[][]): void {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) =>
+    "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
+  console.log(line(head));
+  console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
+  for (const r of rows) console.log(line(r));
 }
 
 export function printReport(figures: Figure[], header: string[], info: InfoRow[] = []): void {
@@ -74,20 +80,13 @@ export function printReport(figures: Figure[], header: string[], info: InfoRow[]
     GOALS[f.key].text,
     met(f.key, f.ratio) ? "yes" : "no",
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   console.log("");
   for (const line of header) console.log(line);
   console.log("");
-  console.log(row(head, widths));
-  console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
-  for (const r of rows) console.log(row(r, widths));
+  printTable(head, rows);
   if (info.length) {
-    const infoHead = ["measured without a goal", "engine", "baseline", "ratio (min–max)"];
-    const w = infoHead.map((h, i) => Math.max(h.length, ...info.map((r) => r[i].length)));
     console.log("");
-    console.log(row(infoHead, w));
-    console.log("|" + w.map((x) => "-".repeat(x + 2)).join("|") + "|");
-    for (const r of info) console.log(row(r, w));
+    printTable(["measured without a goal", "engine", "baseline", "ratio (min–max)"], info);
   }
   const missed = figures.filter((f) => !met(f.key, f.ratio));
   console.log("");
