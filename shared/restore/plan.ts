@@ -147,6 +147,18 @@ export async function planRestore(
         blocking: true,
       });
     }
+    // The other unique and exclusion keys; a restore finds these collisions itself.
+    const keys = options.forRestore ? [] : await sql<{ constraint_name: string; rows: string }[]>`
+      select constraint_name, rows from pitr.plan_key_conflicts(${t.id}, ${strategy})`;
+    for (const k of keys) {
+      warnings.push({
+        code: "key_conflict",
+        table: t.name,
+        message: `${k.rows} snapshot rows of ${t.name} collide on key ${k.constraint_name} with ` +
+          (strategy === "merge" ? "rows the merge keeps" : "another tenant's rows"),
+        blocking: true,
+      });
+    }
   }
   // A selective choice was checked against every key already (resolveSelection).
   if (strategy !== "selective") {
