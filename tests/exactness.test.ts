@@ -17,6 +17,7 @@ import fc from "fast-check";
 import { connect } from "../shared/db/client.ts";
 import { createRestore } from "../shared/restore/history.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
+import { planRestore } from "../shared/restore/plan.ts";
 import { snapshotAt } from "../shared/restore/point_in_time.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { cleanup, clearMoment, dbTest, testDatabase } from "./_db.ts";
@@ -281,6 +282,11 @@ interface TableSpec {
    * by its index. (A unique key cannot be: a foreign key may reference it.)
    */
   deferrable: boolean;
+  /**
+   * A unique index across tenants on u where u > 2, beside the per-tenant key (not on a partitioned
+   * table, whose unique keys must hold its partition key): values another tenant can take.
+   */
+  globalU: boolean;
 }
 interface FkSpec {
   child: number;
@@ -319,6 +325,7 @@ const tableSpec = fc.record({
   generated: fc.integer({ min: 0, max: 2 }).map((n) => n === 0),
   exclusion: fc.constantFrom<TableSpec["exclusion"]>("none", "none", "none", "tenant", "global"),
   deferrable: fc.boolean(),
+  globalU: fc.boolean(),
 });
 
 const schemaSpec: fc.Arbitrary<SchemaSpec> = fc.tuple(
@@ -407,6 +414,9 @@ function ddl(s: string, spec: SchemaSpec): string {
         (t.partitioned ? ` partition by list (${TC})` : ""),
     );
     if (t.dropped) out.push(`alter table ${name} drop column gone`);
+    if (globalUOf(t)) {
+      out.push(`create unique index ${ident(`u${i} global`)} on ${name} (u) where (u > 2)`);
+    }
     if (t.partitioned) {
       out.push(`create table ${s}.${ident(`p${i} 1`)} partition of ${name} for values in ('1')`);
       // Tenant 2's partition is made on its own with its columns in another order, then
@@ -439,6 +449,7 @@ function ddl(s: string, spec: SchemaSpec): string {
  */
 const exclusionOf = (t: TableSpec) =>
   t.partitioned ? "none" : t.exclusion === "tenant" && !BTREE_GIST ? "global" : t.exclusion;
+const globalUOf = (t: TableSpec) => t.globalU && t.unique !== "none" && !t.partitioned;
 
 /** A table's key kind as the engine sees it: a partitioned "id" table has no primary key. */
 const hasPrimaryKey = (t: TableSpec) => t.key !== "none" && !(t.partitioned && t.key === "id");
@@ -819,10 +830,11 @@ async function brokenConstraints(schema: string): Promise<string[]> {
     );
     if (n > 0) broken.push(`${n} rows of ${f.child} break ${f.name}`);
   }
-  const uniques = await sql<{ name: string; rel: string; cols: string[] }[]>`
+  const uniques = await sql<{ name: string; rel: string; cols: string[]; pred: string | null }[]>`
     select i.indexrelid::regclass::text as name, i.indrelid::regclass::text as rel,
       array(select a.attname::text from unnest(i.indkey) x(n)
-        join pg_attribute a on a.attrelid = i.indrelid and a.attnum = x.n) as cols
+        join pg_attribute a on a.attrelid = i.indrelid and a.attnum = x.n) as cols,
+      pg_get_expr(i.indpred, i.indrelid) as pred
     from pg_index i join pg_class c on c.oid = i.indrelid
     where i.indisunique and c.relnamespace = ${schema}::regnamespace
       and not c.relispartition`;
@@ -830,7 +842,7 @@ async function brokenConstraints(schema: string): Promise<string[]> {
     const cols = u.cols.map(ident);
     const [{ n }] = await sql.unsafe<{ n: number }[]>(
       `select count(*)::int as n from (select from ${u.rel}
-        where ${cols.map((c) => `${c} is not null`).join(" and ")}
+        where ${cols.map((c) => `${c} is not null`).join(" and ")} and (${u.pred ?? "true"})
         group by ${cols.join(", ")} having count(*) > 1) d`,
     );
     if (n > 0) broken.push(`${n} duplicate keys in ${u.name}`);
@@ -877,6 +889,8 @@ const stats = {
   concurrent: 0,
   open: 0,
   subsets: 0,
+  /** Restores whose plan foresaw a collision on a key other than the primary key. */
+  foreseen: 0,
 };
 const codes = new Map<string, number>();
 const refusedWrites = new Map<string, number>();
@@ -913,6 +927,8 @@ async function run(sc: Scenario) {
     ddl: number;
     /** Per table with an exclusion across tenants, per tenant: its ranges then. */
     spans: Map<number, Map<number, string[]>>;
+    /** Per table with a unique index across tenants, per tenant: its values under it then. */
+    globalUs: Map<number, Map<number, number[]>>;
   }[] = [];
 
   const ctids = async (t: number, tenant: number, on: typeof sql = sql) =>
@@ -1020,8 +1036,18 @@ async function run(sc: Scenario) {
         );
         spans.set(i, new Map(r.map((x) => [x.tenant, x.spans])));
       }
+      const globalUs = new Map<number, Map<number, number[]>>();
+      for (const [i, t] of spec.tables.entries()) {
+        if (!globalUOf(t)) continue;
+        const r = await sql.unsafe<{ tenant: number; us: number[] }[]>(
+          `select ${TC}::text::int as tenant, array_agg(u) as us from ${tables[i]}
+          where u > 2 group by 1`,
+        );
+        globalUs.set(i, new Map(r.map((x) => [x.tenant, x.us])));
+      }
       marks.push({
         spans,
+        globalUs,
         state,
         snapshots,
         at: await clearMoment(sql),
@@ -1282,6 +1308,16 @@ async function run(sc: Scenario) {
         [mine, String(tenant)],
       );
       return overlap;
+    }))).some((x) => x) || (await Promise.all(spec.tables.map(async (_, i) => {
+      // Or a value of the target under a unique index across tenants another tenant holds now.
+      const mine = mark.globalUs.get(i)?.get(tenant);
+      if (!chosen[i] || !mine) return false;
+      const [{ held }] = await sql.unsafe<{ held: boolean }[]>(
+        `select exists (select from ${tables[i]} o
+          where o.${TC}::text <> $2::text and o.u = any ($1::int4[])) as held`,
+        [mine, String(tenant)],
+      );
+      return held;
     }))).some((x) => x);
     const pool = r.oddSession ? odd : sql;
     let snapshotId: string;
@@ -1292,11 +1328,25 @@ async function run(sc: Scenario) {
         (await snapshotAt(pool, { tenantId: String(tenant), at: mark.at, tables: subset }))
           .snapshot_id;
     }
+    const restoredTables = r.from === "snapshot" && !whole ? subset : undefined;
+    // The collisions the plan foresees on any key (the primary key by its diff, the others by
+    // pitr.plan_key_conflicts), with no other tenant writing during the restore: the restore must
+    // be refused, and a collision it meets must have been foreseen (below).
+    const foreseen = r.concurrent ? [] : await planRestore(pool, {
+      snapshotId,
+      tables: restoredTables,
+    }).then(
+      (p) => p.warnings.filter((w) => w.code === "key_conflict"),
+      (e) => {
+        if (SCHEMA_REFUSALS.has((e as { code?: string }).code ?? "")) return [];
+        throw e;
+      },
+    );
     const { id } = await createRestore(pool, {
       snapshotId,
       tenantId: String(tenant),
       strategy: "overwrite",
-      tables: r.from === "snapshot" && !whole ? subset : undefined,
+      tables: restoredTables,
     });
     const what = `restore of tenant ${tenant} to mark ${r.mark % marks.length} from its ${r.from}` +
       ` (${whole ? "all tables" : subset.join(", ")})`;
@@ -1351,6 +1401,17 @@ async function run(sc: Scenario) {
     };
     const status = await executeRestore(pool, id, { onPhase });
     if (hookError) throw hookError;
+    if (status.error?.code === "key_conflict" && !r.concurrent && !renamedSince) {
+      assert.ok(foreseen.length > 0, `${what}: unforeseen ${status.error.message}`);
+    }
+    if (foreseen.length > 0) {
+      stats.foreseen++;
+      // Refused on that key, or before any write by another of the plan's blockers.
+      assert.ok(
+        ["key_conflict", "plan_blocked"].includes(status.error?.code ?? ""),
+        `${what}: the plan foresaw ${JSON.stringify(foreseen)}, the restore ended ${status.status}`,
+      );
+    }
     stats.restores++;
     if (r.from === "moment") stats.fromMoment++;
     if (!whole) stats.subsets++;
