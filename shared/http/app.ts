@@ -386,7 +386,10 @@ async function startRestore(
 ) {
   const chosen = pickTables(s.tables, body.tables, "a table of this snapshot");
   const error = firstError(
-    await longRead(sql, (session) => validateSnapshot(session, s.snapshot_id, chosen)),
+    await longRead(
+      sql,
+      (session) => validateSnapshot(session, s.snapshot_id, chosen, { rows: false }),
+    ),
   );
   if (error) {
     throw new Unprocessable(

@@ -85,12 +85,10 @@ export async function planRestore(
   // selective) recomputes each table's in its diff's pass, compared below; a selective plan,
   // whose diff keeps its write set, checks them here.
   const preview = !options.forRestore && strategy !== "selective";
-  const validation = await validateSnapshot(
-    sql,
-    snapshot.snapshot_id,
-    chosen,
-    !options.forRestore && strategy === "selective",
-  );
+  const validation = await validateSnapshot(sql, snapshot.snapshot_id, chosen, {
+    checksums: !options.forRestore && strategy === "selective",
+    rows: false,
+  });
   const error = firstError(validation);
   if (error) {
     throw new Unprocessable(

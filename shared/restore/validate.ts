@@ -17,12 +17,22 @@ export interface Validation {
   checks: Check[];
 }
 
+export interface ValidateOptions {
+  /** false inside a restore, which checks what it wrote against the recorded checksums. */
+  checksums?: boolean;
+  /**
+   * The rows against the table's NOT NULL and CHECK constraints of today (pitr.validate_rows): a
+   * pass over them, which validate makes and a plan or a restore, refused by the constraints
+   * themselves, leaves out.
+   */
+  rows?: boolean;
+}
+
 export async function validateSnapshot(
   sql: Db,
   snapshotId: string,
   only?: Snapshot["tables"],
-  /** false inside a restore, which checks what it wrote against the recorded checksums. */
-  checksums = true,
+  { checksums = true, rows: checkRows = true }: ValidateOptions = {},
 ): Promise<Validation> {
   const snapshot = await getSnapshot(sql, snapshotId);
   const checks: Check[] = [{
@@ -38,6 +48,12 @@ export async function validateSnapshot(
       select check_name, ok, severity, message from pitr.validate_table(${t.id}, ${checksums})`;
     if (!rows.some((r) => r.check_name === "columns")) {
       rows.push({ check_name: "columns", ok: true, severity: "info", message: "columns fit" });
+    }
+    if (checkRows && !rows.some((r) => !r.ok && r.severity === "error")) {
+      rows.push(
+        ...await sql<typeof rows>`
+          select check_name, ok, severity, message from pitr.validate_rows(${t.id})`,
+      );
     }
     for (const r of rows) {
       checks.push({
