@@ -467,4 +467,34 @@ dbTest(
   },
 );
 
+dbTest(
+  "a stored row altered behind the service's back is never written by a merge either: the restore fails snapshot_invalid, nothing changed",
+  async () => {
+    // A merge verifies that the rows it adds are there, not their values: the recorded checksum
+    // is what catches the forgery. (Last in this file: a tenant of its own moves the sequences the
+    // tests above count on.)
+    await sql`select public.seed_tenant(104, 8)`;
+    const snap = await takeSnapshot(sql, { tenantId: "104" });
+    const users = snap.tables.find((t) => t.name === "public.users")!;
+    const store = await storeOf(sql, users.id);
+    const [{ email }] = await sql<{ email: string }[]>`
+      select min(email) as email from public.users where tenant_id = 104`;
+    await sql`update pitr_store.${sql(store.table)} set display_name = 'forged'
+      where pitr_tenant = ${store.tenant} and email = ${email}`;
+    await sql`delete from public.users where tenant_id = 104 and email = ${email}`;
+    const d = await digest(104);
+    const status = await restore(snap.snapshot_id, "104", {
+      tables: ["users"],
+      strategy: "merge",
+    });
+    assert.equal(status.status, "failed", JSON.stringify(status));
+    assert.equal(status.error?.code, "snapshot_invalid");
+    assert.equal(await digest(104), d);
+    assert.equal(
+      (await sql`select from public.users where display_name = 'forged'`).length,
+      0,
+    );
+  },
+);
+
 cleanup(db);

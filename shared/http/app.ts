@@ -374,8 +374,12 @@ function snapshotAnswer(s: Snapshot) {
 }
 
 /**
- * Checks what can be checked before a restore is recorded (tables of the snapshot: 400; a damaged
- * or incompatible snapshot: 422), then records it; the database decides the 409.
+ * Checks what can be checked before a restore is recorded (tables of the snapshot: 400; a snapshot
+ * that no longer fits the live schema: 422), then records it; the database decides the 409. Stored
+ * rows that no longer match their checksums are the restore's to find, in what it writes, before
+ * commit (snapshot_invalid): checking all of them here was a pass over every stored row of the
+ * tenant before every restore, whatever it changed (165 ms of a 111,000-row tenant on PostgreSQL
+ * 15, beside 280 ms for the whole restore of a 5% drift).
  */
 async function startRestore(
   sql: Sql,
@@ -388,7 +392,8 @@ async function startRestore(
   const error = firstError(
     await longRead(
       sql,
-      (session) => validateSnapshot(session, s.snapshot_id, chosen, { rows: false }),
+      (session) =>
+        validateSnapshot(session, s.snapshot_id, chosen, { checksums: false, rows: false }),
     ),
   );
   if (error) {

@@ -183,14 +183,21 @@ export async function applySnapshot(
     for (const t of plan.steps) {
       current.table = t.name;
       const [v] = await tx<
-        { ok: boolean }[]
-      >`select ok from pitr.verify_table(${t.id}, ${options.strategy},
+        { ok: boolean; expected_digest: string }[]
+      >`select ok, expected_digest from pitr.verify_table(${t.id}, ${options.strategy},
           ${undo !== null && undoNames.includes(t.name) && !empty.has(t.name)})`;
-      if (!v.ok) {
+      // A merge (that the rows it adds are there), a selective restore (the digest of the rows
+      // chosen) and an overwrite of columns changed since (the rows as stored now) verify against
+      // the store as it is, not against the checksum recorded with the snapshot: their stored rows
+      // are checked against it here, so that a row altered behind the service's back is never
+      // written whatever the caller checked before.
+      const unrecorded = v.ok && v.expected_digest !== t.checksum;
+      if (!v.ok || unrecorded) {
         // Tell a store altered behind the service's back from any other mismatch.
         const [bad] = await tx<{ message: string }[]>`
           select message from pitr.validate_table(${t.id}) where check_name = 'checksum' and not ok`;
         if (bad) throw new Unprocessable("snapshot_invalid", bad.message, t.name);
+        if (unrecorded) continue;
         throw new RestoreFailed(
           "verification_failed",
           `after the restore, the rows of ${t.name} do not match the snapshot's checksum`,
