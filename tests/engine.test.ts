@@ -468,7 +468,7 @@ dbTest(
 );
 
 dbTest(
-  "a stored row altered behind the service's back is never written by a merge either: the restore fails snapshot_invalid, nothing changed",
+  "a stored row altered behind the service's back is never written by a merge or a selective restore either: the restore fails snapshot_invalid, nothing changed",
   async () => {
     // A merge verifies that the rows it adds are there, not their values: the recorded checksum
     // is what catches the forgery. (Last in this file: a tenant of its own moves the sequences the
@@ -479,8 +479,9 @@ dbTest(
     const store = await storeOf(sql, users.id);
     const [{ email }] = await sql<{ email: string }[]>`
       select min(email) as email from public.users where tenant_id = 104`;
-    await sql`update pitr_store.${sql(store.table)} set display_name = 'forged'
-      where pitr_tenant = ${store.tenant} and email = ${email}`;
+    const [{ id }] = await sql<{ id: string }[]>`
+      update pitr_store.${sql(store.table)} set display_name = 'forged'
+      where pitr_tenant = ${store.tenant} and email = ${email} returning id`;
     await sql`delete from public.users where tenant_id = 104 and email = ${email}`;
     const d = await digest(104);
     const status = await restore(snap.snapshot_id, "104", {
@@ -489,6 +490,16 @@ dbTest(
     });
     assert.equal(status.status, "failed", JSON.stringify(status));
     assert.equal(status.error?.code, "snapshot_invalid");
+    assert.equal(await digest(104), d);
+    // A selective restore of that row verifies the rows chosen, as stored: the same.
+    const chosen = await restoreSnapshot(sql, {
+      snapshotId: snap.snapshot_id,
+      tenantId: "104",
+      strategy: "selective",
+      selection: [{ table: "public.users", keys: [{ id }] }],
+    });
+    assert.equal(chosen.status, "failed", JSON.stringify(chosen));
+    assert.equal(chosen.error?.code, "snapshot_invalid");
     assert.equal(await digest(104), d);
     assert.equal(
       (await sql`select from public.users where display_name = 'forged'`).length,
