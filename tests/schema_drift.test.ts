@@ -5,7 +5,7 @@ import { planRestore } from "../shared/restore/plan.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
 import { Unprocessable } from "../shared/restore/errors.ts";
-import { cleanup, dbTest, restoreSnapshot, testDatabase } from "./_db.ts";
+import { cleanup, dbTest, restoreSnapshot, storeOf, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("drift");
 const sql = db.sql;
@@ -193,6 +193,24 @@ dbTest(
     } finally {
       await sql`drop index public.drift_qty_unique`;
     }
+  },
+);
+
+dbTest(
+  "a stored row altered behind the service's back is not written when a column changed type since: the restore, which compares the live rows with the store as it is, checks the recorded checksum too",
+  async () => {
+    await freshTable();
+    const snap = await takeSnapshot(sql, { tenantId: "d1", tables: ["drift"] });
+    const store = await storeOf(sql, snap.tables[0].id);
+    await sql`update pitr_store.${sql(store.table)} set note = 'forged'
+      where pitr_tenant = ${store.tenant} and id = 3`;
+    await sql`alter table public.drift alter column qty type bigint`;
+    await sql`update public.drift set note = 'live' where id = 3`;
+    const before = await rows("d1");
+    const status = await restore(snap.snapshot_id);
+    assert.equal(status.status, "failed", JSON.stringify(status));
+    assert.equal(status.error?.code, "snapshot_invalid");
+    assert.deepEqual(await rows("d1"), before);
   },
 );
 
