@@ -4,7 +4,8 @@
 // snapshots independent of the application's own types.
 import assert from "node:assert/strict";
 import { applySnapshot } from "../shared/restore/apply.ts";
-import { planRestore } from "../shared/restore/plan.ts";
+import { type Plan, planRestore } from "../shared/restore/plan.ts";
+import { inRolledBackTransaction } from "../shared/restore/select.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { createRestore } from "../shared/restore/history.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
@@ -659,6 +660,66 @@ dbTest(
     const left = await checks();
     assert.deepEqual(left.map((c) => c.ok), [true]);
     assert.match(left[0].message, /\(2\)/); // id and tenant_id NOT NULL, as at first
+  },
+);
+
+dbTest(
+  "a selective plan foresees collisions on keys on expressions, with a predicate, and exclusion constraints, among the rows it keeps (other tenants' and the tenant's rows not chosen); choosing the row in the way as well clears it",
+  async () => {
+    await sql.unsafe(`
+      create table shop.badges (id bigint primary key, tenant_id text not null, code text,
+        active boolean not null default true, span int4range,
+        exclude using gist (span with &&));
+      create unique index badges_code_lower on shop.badges (lower(code)) where (active);
+      insert into pitr.backup_protected_tables (table_schema, table_name)
+        values ('shop', 'badges');
+      insert into shop.badges values (1, 's', 'A', true, '[1,5)'), (2, 's', 'B', true, '[5,9)');`);
+    const s = await takeSnapshot(sql, { tenantId: "s", tables: ["shop.badges"] });
+    const choose = (ids: number[]) => [{ table: "shop.badges", keys: ids.map((id) => ({ id })) }];
+    const foreseen = async (ids: number[]) => {
+      const plan: Plan = await inRolledBackTransaction(sql, (tx) =>
+        planRestore(tx, {
+          snapshotId: s.snapshot_id,
+          strategy: "selective",
+          selection: choose(ids),
+        }));
+      return plan.warnings.filter((w) => w.code === "key_conflict").map((w) => w.message);
+    };
+    const restore = (ids: number[]) =>
+      restoreSnapshot(sql, {
+        snapshotId: s.snapshot_id,
+        tenantId: "s",
+        strategy: "selective",
+        selection: choose(ids),
+      });
+    const refusedOn = async (key: string, ids: number[]) => {
+      const before = await rows("shop.badges", "s");
+      const warnings = await foreseen(ids);
+      assert.equal(warnings.length, 1, JSON.stringify(warnings));
+      assert.match(warnings[0], new RegExp(`collide on key ${key} with rows the restore keeps`));
+      const status = await restore(ids);
+      assert.equal(status.status, "failed", JSON.stringify(status));
+      assert.equal(status.error!.code, "key_conflict");
+      assert.match(status.error!.message, new RegExp(key));
+      assert.deepEqual(await rows("shop.badges", "s"), before);
+    };
+    await sql`delete from shop.badges where id = 1`;
+    // Another tenant's active code, in another case; then its overlapping span.
+    await sql`insert into shop.badges values (3, 't', 'a', true, null)`;
+    await refusedOn("badges_code_lower", [1]);
+    await sql`update shop.badges set code = null, span = '[2,3)' where id = 3`;
+    await refusedOn("badges_span_excl", [1]);
+    await sql`delete from shop.badges where id = 3`;
+    // The tenant's own row 2, not chosen, took the code; chosen too, it gives it back.
+    await sql`update shop.badges set code = 'a' where id = 2`;
+    await refusedOn("badges_code_lower", [1]);
+    assert.deepEqual(await foreseen([1, 2]), []);
+    const done = await restore([1, 2]);
+    assert.equal(done.status, "completed", JSON.stringify(done.error));
+    assert.deepEqual(await rows("shop.badges", "s"), [
+      '(1,s,A,t,"[1,5)")',
+      '(2,s,B,t,"[5,9)")',
+    ]);
   },
 );
 

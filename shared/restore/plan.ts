@@ -153,7 +153,7 @@ export async function planRestore(
         code: "key_conflict",
         table: t.name,
         message: `${k.rows} snapshot rows of ${t.name} collide on key ${k.constraint_name} with ` +
-          (strategy === "merge" ? "rows the merge keeps" : "another tenant's rows"),
+          (strategy === "overwrite" ? "another tenant's rows" : "rows the restore keeps"),
         blocking: true,
       });
     }
