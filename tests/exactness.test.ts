@@ -889,7 +889,7 @@ const stats = {
   concurrent: 0,
   open: 0,
   subsets: 0,
-  /** Restores whose plan foresaw a collision on a key other than the primary key. */
+  /** Restores whose plan foresaw a key collision (any key), each refused as foreseen. */
   foreseen: 0,
 };
 const codes = new Map<string, number>();

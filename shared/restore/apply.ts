@@ -191,13 +191,13 @@ export async function applySnapshot(
       // the store as it is, not against the checksum recorded with the snapshot: their stored rows
       // are checked against it here, so that a row altered behind the service's back is never
       // written whatever the caller checked before.
-      const unrecorded = v.ok && v.expected_digest !== t.checksum;
-      if (!v.ok || unrecorded) {
+      if (!v.ok || v.expected_digest !== t.checksum) {
         // Tell a store altered behind the service's back from any other mismatch.
         const [bad] = await tx<{ message: string }[]>`
           select message from pitr.validate_table(${t.id}) where check_name = 'checksum' and not ok`;
         if (bad) throw new Unprocessable("snapshot_invalid", bad.message, t.name);
-        if (unrecorded) continue;
+      }
+      if (!v.ok) {
         throw new RestoreFailed(
           "verification_failed",
           `after the restore, the rows of ${t.name} do not match the snapshot's checksum`,

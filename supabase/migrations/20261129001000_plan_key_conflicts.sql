@@ -128,12 +128,14 @@ $$;
 --   overwrite: every other tenant's row. Every snapshot row is looked up: one the restore leaves
 --     unchanged is a live row already, and no other row collides with it;
 --   merge (a table with a primary key): the rows it adds, those whose key no live row holds, among
---     all rows (a merge changes no live row).
+--     all rows (a merge changes no live row);
+--   selective: the rows of the plan's write set, among every row it neither rewrites nor deletes
+--     (other tenants' and the tenant's rows not chosen). Its plain unique keys were checked by the
+--     choice already (pitr.selection_conflicts: selection_incomplete); its other keys are these.
 -- Not foreseen, and still refused by the restore itself: a key over a column the snapshot does not
 -- restore (added since, or generated: its values are not known until written), snapshot rows
--- colliding with one another
--- (a key added since), a selective restore and the merge of a table without a primary key. A
--- collision on the primary key is the diff's (pitr.table_diff's conflicts). The cost is an index
+-- colliding with one another (a key added since) and the merge of a table without a primary key.
+-- A collision on the primary key is the diff's (pitr.table_diff's conflicts). The cost is an index
 -- probe per snapshot row and key, for tables with such keys only: the tenant's size, never the
 -- fleet's.
 create function pitr.plan_key_conflicts(p_snapshot_table bigint, p_strategy text)
@@ -152,15 +154,26 @@ declare
   v_kept text;
   v_n bigint;
 begin
-  if p_strategy not in ('overwrite', 'merge')
-    or not exists (select from pitr.table_keys(v_relid) t where t.kind <> 'p') then
+  if not exists (select from pitr.table_keys(v_relid) t where t.kind <> 'p') then
     return;
   end if;
   r := pitr.restore_sql(p_snapshot_table);
   if p_strategy = 'overwrite' then
     v_candidates := pitr.target_sql(r);
     v_kept := format('(%s) is not true', r.tenant_pred);
-  elsif cardinality(r.pk) > 0 then
+  elsif p_strategy = 'selective' then
+    -- The plan's write set and deletes (pitr.table_diff, materialized for a selective plan).
+    if to_regclass(r.writes) is null or cardinality(r.pk) = 0 then
+      return;
+    end if;
+    v_candidates := pitr.written_sql(r);
+    v_kept := format('not exists (select from %s w where (w.ltoid, w.lctid) = (l.tableoid, l.ctid))',
+      r.writes);
+    if to_regclass(r.deletes) is not null then
+      v_kept := v_kept || format(' and not exists (select from %s d
+          where (d.pitr_ltoid, d.pitr_lctid) = (l.tableoid, l.ctid))', r.deletes);
+    end if;
+  elsif p_strategy = 'merge' and cardinality(r.pk) > 0 then
     v_candidates := format('(select t.* from %s t where not exists (select from %s l where %s))',
       pitr.target_sql(r), r.live, pitr.join_on(r.pk, 'l', 't'));
     v_kept := 'true';
