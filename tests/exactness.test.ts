@@ -1406,7 +1406,7 @@ async function run(sc: Scenario) {
     }
     if (foreseen.length > 0) {
       stats.foreseen++;
-      // Refused on that key, or before any write by another of the plan's blockers.
+      // Refused on that key, or by another of the plan's blockers.
       assert.ok(
         ["key_conflict", "plan_blocked"].includes(status.error?.code ?? ""),
         `${what}: the plan foresaw ${JSON.stringify(foreseen)}, the restore ended ${status.status}`,

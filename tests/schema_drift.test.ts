@@ -164,7 +164,7 @@ dbTest(
     try {
       const status = await restore(snap.snapshot_id);
       assert.equal(status.status, "failed");
-      // Refused by the plan, before any change: the missing parents are outside the restore.
+      // Refused as its plan refuses it: the missing parents are outside the restore.
       assert.equal(status.error?.code, "plan_blocked");
       assert.match(status.error!.message, /drift_qty_fk/);
       assert.deepEqual(await rows("d1"), d);

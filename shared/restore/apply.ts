@@ -3,7 +3,14 @@
 // shared table, alter a constraint or disable a trigger for other sessions.
 import type { Db } from "../db/client.ts";
 import { RestoreFailed, Unprocessable } from "./errors.ts";
-import { type Plan, planRestore, type Strategy } from "./plan.ts";
+import {
+  cascadeOutsideSet,
+  type Plan,
+  planRestore,
+  referencesOutsideSet,
+  type Strategy,
+  type Warning,
+} from "./plan.ts";
 import { foreignKeys, pickTables, protectedTables } from "./catalog.ts";
 import { lockTenant } from "./lock.ts";
 import { countSnapshotRows, getSnapshot, snapshotIn } from "./snapshot.ts";
@@ -52,6 +59,11 @@ export interface Applied {
   undoSnapshotId: string | null;
   rowsWritten: number;
   tables: string[];
+}
+
+/** A restore its plan foresees failing: refused with the plan's blocking warning. */
+function refuse(warning: Warning): never {
+  throw new Unprocessable("plan_blocked", warning.message, warning.table);
 }
 
 export async function applySnapshot(
@@ -116,7 +128,7 @@ export async function applySnapshot(
     { forRestore: true },
   );
   const blocker = plan.warnings.find((w) => w.blocking);
-  if (blocker) throw new Unprocessable("plan_blocked", blocker.message, blocker.table);
+  if (blocker) refuse(blocker);
   if (undo && fromDiff.size) {
     for (const t of plan.steps.filter((s) => fromDiff.has(s.name))) {
       await tx`select pitr.undo_from_diff(${undo.snapshot_id}, ${undoNames.indexOf(t.name)},
@@ -227,7 +239,9 @@ export async function applySnapshot(
     // (it skips updated rows whose FK columns, as it knew them, kept their values). Such a
     // restore is refused, to be run again; from here to commit no key can be added to a table it
     // wrote or deleted from, since its ROW EXCLUSIVE lock conflicts with that. A key dropped
-    // since binds nothing and is not checked.
+    // since binds nothing and is not checked. A key across the edge of a partial restore is
+    // checked here only, from the rows written and deleted (its plan reads every row of the
+    // tenant's table for it), and a violation is refused as the plan would have warned.
     const planned = new Set(plan.foreignKeys.map((fk) => fk.oid));
     const checked = (await foreignKeys(tx, "catalog"))
       .filter((fk) => restored.has(fk.child) || restored.has(fk.parent));
@@ -248,6 +262,13 @@ export async function applySnapshot(
         const [{ n }] = await tx<{ n: string }[]>`
           select pitr.fk_dangling_children(${fk.oid}::oid, ${child.id},
             ${options.strategy !== "merge" && parent ? parent.id : null}) as n`;
+        if (Number(n) > 0 && !parent && options.strategy !== "selective") {
+          // The plan's count: restored rows whose parent is missing (not a MATCH FULL key
+          // written half null, which no table added to the restore would mend).
+          const [{ n: missing }] = await tx<{ n: string }[]>`
+            select pitr.fk_missing_parents(${fk.oid}::oid, ${child.id}) as n`;
+          if (Number(missing) > 0) refuse(referencesOutsideSet(fk, missing));
+        }
         if (Number(n) > 0) {
           throw new RestoreFailed(
             "foreign_key_violation",
@@ -260,6 +281,9 @@ export async function applySnapshot(
         current.table = fk.parent;
         const [{ n }] = await tx<{ n: string }[]>`
           select pitr.fk_orphans_of_deleted(${fk.oid}::oid, ${parent.id}) as n`;
+        if (Number(n) > 0 && !child && options.strategy === "overwrite") {
+          refuse(cascadeOutsideSet(fk, n, snapshot));
+        }
         if (Number(n) > 0) {
           throw new RestoreFailed(
             "foreign_key_violation",

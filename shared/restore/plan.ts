@@ -159,7 +159,7 @@ export async function planRestore(
     }
   }
   // A selective choice was checked against every key already (resolveSelection).
-  if (strategy !== "selective") {
+  if (strategy !== "selective" && !options.forRestore) {
     warnings.push(...await outsideSetWarnings(sql, snapshot, byName, fks, strategy, tables));
   }
 
@@ -188,7 +188,9 @@ export async function planRestore(
 /**
  * A restore that covers only some tables must not leave references dangling across the edge of
  * the set: restored rows pointing at parents missing now, or deleted rows that rows of another
- * table still point at (a cascade the restore will not run, since triggers are off).
+ * table still point at (a cascade the restore will not run, since triggers are off). A plan finds
+ * them in a pass over the tenant's rows; a restore finds them after its writes, from the rows it
+ * wrote and deleted (apply.ts), and refuses with the same warning.
  */
 async function outsideSetWarnings(
   sql: Db,
@@ -208,34 +210,41 @@ async function outsideSetWarnings(
       const [{ n }] = await sql<{ n: string }[]>`
         select pitr.fk_missing_parents(${fk.oid}::oid, ${child.id}) as n`;
       if (Number(n) > 0) {
-        warnings.push({
-          code: "references_outside_set",
-          table: fk.child,
-          message: `${n} restored rows of ${fk.child} reference rows of ${fk.parent} that are ` +
-            `missing now (${fk.name}); include ${fk.parent} in the restore`,
-          blocking: true,
-        });
+        warnings.push(referencesOutsideSet(fk, n));
       }
     }
     if (parent && !child && strategy === "overwrite" && (removes.get(fk.parent) ?? 0) > 0) {
       const [{ n }] = await sql<{ n: string }[]>`
         select pitr.fk_children_of_deleted(${fk.oid}::oid, ${parent.id}) as n`;
-      if (Number(n) > 0) {
-        const inSnapshot = snapshot.tables.some((t) => t.name === fk.child);
-        warnings.push({
-          code: "cascade_outside_set",
-          table: fk.parent,
-          message:
-            `deleting rows of ${fk.parent} or changing their keys would ${
-              fk.onDelete === "cascade" ? "cascade into" : "orphan"
-            } ${n} rows of ${fk.child} (${fk.name}); ` +
-            (inSnapshot
-              ? `include ${fk.child} in the restore`
-              : `${fk.child} is not in the snapshot`),
-          blocking: true,
-        });
-      }
+      if (Number(n) > 0) warnings.push(cascadeOutsideSet(fk, n, snapshot));
     }
   }
   return warnings;
+}
+
+/** Restored rows of fk's child point at rows of its parent, outside the restore, missing now. */
+export function referencesOutsideSet(fk: ForeignKey, rows: string): Warning {
+  return {
+    code: "references_outside_set",
+    table: fk.child,
+    message: `${rows} restored rows of ${fk.child} reference rows of ${fk.parent} that are ` +
+      `missing now (${fk.name}); include ${fk.parent} in the restore`,
+    blocking: true,
+  };
+}
+
+/** Rows of fk's child, outside the restore, point at keys that restoring its parent takes away. */
+export function cascadeOutsideSet(fk: ForeignKey, rows: string, snapshot: Snapshot): Warning {
+  return {
+    code: "cascade_outside_set",
+    table: fk.parent,
+    message:
+      `deleting rows of ${fk.parent} or changing their keys would ${
+        fk.onDelete === "cascade" ? "cascade into" : "orphan"
+      } ${rows} rows of ${fk.child} (${fk.name}); ` +
+      (snapshot.tables.some((t) => t.name === fk.child)
+        ? `include ${fk.child} in the restore`
+        : `${fk.child} is not in the snapshot`),
+    blocking: true,
+  };
 }
