@@ -21,9 +21,9 @@ export interface ValidateOptions {
   /** false inside a restore, which checks what it wrote against the recorded checksums. */
   checksums?: boolean;
   /**
-   * The rows against the table's NOT NULL and CHECK constraints of today (pitr.validate_rows): a
-   * pass over them, which validate makes and a plan or a restore, refused by the constraints
-   * themselves, leaves out.
+   * The rows against the table's NOT NULL and CHECK constraints (pitr.validate_rows) and unique
+   * keys (pitr.validate_keys, no two rows sharing a value) of today: passes over them, which
+   * validate makes and a plan or a restore, refused by the constraints themselves, leaves out.
    */
   rows?: boolean;
 }
@@ -52,7 +52,9 @@ export async function validateSnapshot(
     if (checkRows && !rows.some((r) => !r.ok && r.severity === "error")) {
       rows.push(
         ...await sql<typeof rows>`
-          select check_name, ok, severity, message from pitr.validate_rows(${t.id})`,
+          select check_name, ok, severity, message from pitr.validate_rows(${t.id})
+          union all
+          select check_name, ok, severity, message from pitr.validate_keys(${t.id})`,
       );
     }
     for (const r of rows) {
