@@ -5,12 +5,13 @@
 import assert from "node:assert/strict";
 import { applySnapshot } from "../shared/restore/apply.ts";
 import { type Plan, planRestore } from "../shared/restore/plan.ts";
-import { inRolledBackTransaction } from "../shared/restore/select.ts";
+import { inRolledBackTransaction } from "../shared/db/transaction.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { createRestore } from "../shared/restore/history.ts";
+import { snapshotAt, validateAt } from "../shared/restore/point_in_time.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
-import { cleanup, dbTest, restoreSnapshot, testDatabase } from "./_db.ts";
+import { cleanup, clearMoment, dbTest, restoreSnapshot, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("constraints");
 const sql = db.sql;
@@ -717,6 +718,55 @@ dbTest(
     const left = await checks();
     assert.deepEqual(left.map((c) => c.ok), [true]);
     assert.match(left[0].message, /\(2\)/);
+  },
+);
+
+dbTest(
+  "validate of a moment checks its rows against today's constraints and keys: a NOT NULL and a unique key added since, which leave the change log whole and the restore refused, are errors; a moment after the cleanup fits; nothing is kept",
+  async () => {
+    await sql.unsafe(`
+      create table shop.labels (id bigint primary key, tenant_id text not null, label text);
+      insert into pitr.backup_protected_tables (table_schema, table_name)
+        values ('shop', 'labels');
+      select pitr.capture_enable('shop.labels');
+      insert into shop.labels values (1, 'L', 'a'), (2, 'L', 'A'), (3, 'L', null);`);
+    const at = await clearMoment(sql);
+    // The application cleans its labels up, then tightens them: no schema change to the log.
+    await sql.unsafe(`update shop.labels set label = 'b' where id = 2;
+      update shop.labels set label = 'c' where id = 3;
+      alter table shop.labels alter column label set not null;
+      create unique index labels_label on shop.labels (tenant_id, lower(label));`);
+    const after = await clearMoment(sql);
+    const request = { tenantId: "L", tables: ["shop.labels"] };
+    const snapshots = async () =>
+      (await sql`select 1 from public.backup_snapshots where tenant_id = 'L'`).length;
+
+    const v = await validateAt(sql, { ...request, at });
+    assert.equal(v.valid, false);
+    assert.deepEqual(v.checks.filter((c) => !c.ok).map((c) => [c.check, c.message]), [
+      ["constraints", "column shop.labels.label is NOT NULL now; 1 snapshot rows break it"],
+      [
+        "keys",
+        "key labels_label of shop.labels: 2 snapshot rows share 1 values of it; the restore " +
+        "would be refused",
+      ],
+    ]);
+    const fits = await validateAt(sql, { ...request, at: after });
+    assert.equal(fits.valid, true, JSON.stringify(fits.checks));
+    assert.deepEqual(fits.checks.map((c) => c.check), ["change_log", "constraints", "keys"]);
+    assert.equal(await snapshots(), 0, "validate kept no state of a moment");
+
+    // What validate foresaw is what the restore to that moment refuses, with nothing changed.
+    const before = await rows("shop.labels", "L");
+    const moment = await snapshotAt(sql, { ...request, at });
+    const status = await restoreSnapshot(sql, {
+      snapshotId: moment.snapshot_id,
+      tenantId: "L",
+      strategy: "overwrite",
+      tables: ["shop.labels"],
+    });
+    assert.equal(status.status, "failed");
+    assert.deepEqual(await rows("shop.labels", "L"), before);
   },
 );
 

@@ -140,7 +140,10 @@ dbTest(
     assert.equal(ok.body.valid, true);
     assert.equal(ok.body.snapshot_id, null);
     assert.equal(ok.body.at, moments[0].at);
-    assert.ok(ok.body.checks.every((c: { check: string }) => c.check === "change_log"));
+    // One change_log check per table, then the rows at that moment against today's constraints.
+    const kinds = new Set(ok.body.checks.map((c: { check: string }) => c.check));
+    assert.deepEqual([...kinds], ["change_log", "constraints", "keys"]);
+    assert.ok(ok.body.checks.every((c: { ok: boolean }) => c.ok));
     const early = await call("POST", "pitr-validate", {
       tenant_id: "701",
       at: beforeCapture,

@@ -146,3 +146,28 @@ async function onSession<T>(
     }
   }
 }
+
+/**
+ * fn's answer, in a transaction that is rolled back (the plan of a selective restore, one of a
+ * point in time): whatever it built is gone.
+ */
+export async function inRolledBackTransaction<T>(
+  sql: Sql,
+  fn: (tx: Sql) => Promise<T>,
+  options: TransactionOptions = {},
+) {
+  class RollBack extends Error {
+    constructor(readonly value: T) {
+      super("rolled back");
+    }
+  }
+  try {
+    await transaction(sql, async (tx) => {
+      throw new RollBack(await fn(tx));
+    }, options);
+  } catch (e) {
+    if (e instanceof RollBack) return e.value;
+    throw e;
+  }
+  throw new Error("unreachable: a rolled-back transaction committed");
+}

@@ -4,7 +4,7 @@ import { type Context, Hono } from "hono";
 import { cors } from "hono/cors";
 import { budgetFromEnv } from "../db/budget.ts";
 import { configuredDatabaseUrl, connect, sessionsOf, type Sql } from "../db/client.ts";
-import { transaction } from "../db/transaction.ts";
+import { inRolledBackTransaction, transaction } from "../db/transaction.ts";
 import { diffPage, diffPageAt } from "../restore/diff.ts";
 import { drillFleet, drillReport, runDrills } from "../restore/drill.ts";
 import { Unprocessable } from "../restore/errors.ts";
@@ -20,7 +20,6 @@ import {
 } from "../restore/history.ts";
 import { normaliseTableName, pickTables } from "../restore/catalog.ts";
 import { type PlanRequest, planRestore } from "../restore/plan.ts";
-import { inRolledBackTransaction } from "../restore/select.ts";
 import { planAt, snapshotAt, validateAt } from "../restore/point_in_time.ts";
 import {
   getSnapshot,

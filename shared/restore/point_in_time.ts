@@ -3,12 +3,12 @@
 // snapshot so that plan, execute and verify handle it unchanged. It must never guess: a table
 // whose log does not reach back to the moment, or whose columns changed since, is refused.
 import type { Db, Sql } from "../db/client.ts";
-import { transaction } from "../db/transaction.ts";
+import { inRolledBackTransaction, transaction } from "../db/transaction.ts";
 import { pickTables, protectedTables } from "./catalog.ts";
 import { BadRequest, PG, sqlState, Unprocessable } from "./errors.ts";
 import { type Plan, type PlanRequest, planRestore } from "./plan.ts";
 import { consistentRead, ensureStores, getSnapshot, type Snapshot } from "./snapshot.ts";
-import type { Check } from "./validate.ts";
+import { type Check, validateSnapshot } from "./validate.ts";
 
 export interface PointInTime {
   tenantId: string;
@@ -83,12 +83,6 @@ export function snapshotAt(sql: Sql, request: PointInTime): Promise<Snapshot> {
   return transaction(sql, (tx) => snapshotAtIn(tx, request), consistentRead(sql, request.tenantId));
 }
 
-class RollBack extends Error {
-  constructor(readonly plan: Plan) {
-    super("plan rolled back");
-  }
-}
-
 /**
  * The plan of a restore to `at`. Everything it builds is rolled back: it changes nothing. It
  * takes no tenant lock and touches none of the tenant's stored versions (a preview), so a viewer's
@@ -98,24 +92,35 @@ export async function planAt(
   sql: Sql,
   request: PointInTime & Omit<PlanRequest, "snapshotId" | "tables">,
 ): Promise<Plan & { at: string }> {
-  try {
-    await transaction(sql, async (tx) => {
-      const snapshot = await snapshotAtIn(tx, request, { preview: true });
-      throw new RollBack(await planRestore(tx, { ...request, snapshotId: snapshot.snapshot_id }));
-    }, { isolation: "repeatable read", before: ensureStores });
-  } catch (e) {
-    if (e instanceof RollBack) return { ...e.plan, at: request.at };
-    throw e;
-  }
-  throw new Error("unreachable: a point-in-time plan committed");
+  const plan = await inMoment(
+    sql,
+    request,
+    (tx, snapshot) => planRestore(tx, { ...request, snapshotId: snapshot.snapshot_id }),
+  );
+  return { ...plan, at: request.at };
+}
+
+/** fn's answer on the tenant's state at `at`, built as a preview and rolled back. */
+function inMoment<T>(
+  sql: Sql,
+  request: PointInTime,
+  fn: (tx: Sql, snapshot: Snapshot) => Promise<T>,
+): Promise<T> {
+  return inRolledBackTransaction(
+    sql,
+    async (tx) => fn(tx, await snapshotAtIn(tx, request, { preview: true })),
+    { isolation: "repeatable read", before: ensureStores },
+  );
 }
 
 /**
- * Can the tenant be restored to `at`: is every table's change log long enough, and have its
- * columns stayed as they were (a rename aside)?
+ * Can the tenant be restored to `at`: is every table's change log long enough, have its columns
+ * stayed as they were (a rename aside), and do its rows at `at` meet today's NOT NULL and CHECK
+ * constraints and unique keys (a migration that only tightened them is no schema change to the
+ * log)? The last is checked on the state built as a plan builds it, then rolled back.
  */
 export async function validateAt(
-  sql: Db,
+  sql: Sql,
   request: PointInTime,
 ): Promise<{ valid: boolean; checks: Check[] }> {
   await checkMoment(sql, request.at);
@@ -143,5 +148,16 @@ export async function validateAt(
         : c.blocker ?? `${t.name} is captured since ${c.enabled_at.toISOString()}`,
     };
   });
-  return { valid: checks.every((c) => c.ok), checks };
+  if (checks.every((c) => c.ok)) {
+    checks.push(
+      ...await inMoment(
+        sql,
+        request,
+        async (tx, snapshot) =>
+          (await validateSnapshot(tx, snapshot.snapshot_id, undefined, { checksums: false })).checks
+            .filter((c) => c.check === "constraints" || c.check === "keys"),
+      ),
+    );
+  }
+  return { valid: checks.every((c) => c.ok || c.severity !== "error"), checks };
 }

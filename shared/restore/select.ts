@@ -1,8 +1,7 @@
 // Selective restore: the rows a person chose, named by the keys pitr-diff shows, checked for what
 // they would break, and completed with their dependencies when asked. It must never let a restore
 // write a row that was neither chosen nor added as a dependency (and reported).
-import type { Db, Sql } from "../db/client.ts";
-import { transaction } from "../db/transaction.ts";
+import type { Db } from "../db/client.ts";
 import { type ForeignKey, pickTables } from "./catalog.ts";
 import { BadRequest, PG, sqlState, Unprocessable } from "./errors.ts";
 import type { Snapshot, SnapshotTable } from "./snapshot.ts";
@@ -105,24 +104,6 @@ export async function resolveSelection(
     }
   }
   throw new SelectionIncomplete("the rows this choice needs did not settle", added);
-}
-
-/** The plan of a selective restore, made in a transaction that is rolled back. */
-export async function inRolledBackTransaction<T>(sql: Sql, fn: (tx: Sql) => Promise<T>) {
-  class RollBack extends Error {
-    constructor(readonly value: T) {
-      super("rolled back");
-    }
-  }
-  try {
-    await transaction(sql, async (tx) => {
-      throw new RollBack(await fn(tx));
-    });
-  } catch (e) {
-    if (e instanceof RollBack) return e.value;
-    throw e;
-  }
-  throw new Error("unreachable: a rolled-back transaction committed");
 }
 
 async function choose(tx: Db, t: SnapshotTable, keys: unknown[]) {
