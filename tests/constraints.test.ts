@@ -436,12 +436,7 @@ dbTest(
     await sql`insert into shop.slots values (5, 'q', 3, 'E', '[6,7)')`;
     await refused("overwrite", "slots_span");
     await sql`update shop.slots set pos = 0 where id = 5`;
-    const status = await restoreSnapshot(sql, {
-      snapshotId: s.snapshot_id,
-      tenantId: "p",
-      strategy: "overwrite",
-      tables: ["shop.slots"],
-    });
+    const status = await restore(s.snapshot_id, "p", ["shop.slots"]);
     assert.equal(status.status, "completed", JSON.stringify(status.error));
     assert.deepEqual(await rows("shop.slots", "p"), good);
 
@@ -641,12 +636,7 @@ dbTest(
     assert.equal(v.valid, false);
     // What validate foresaw is what the restore refuses, with nothing changed.
     const before = await rows("shop.notes", "n");
-    const status = await restoreSnapshot(sql, {
-      snapshotId: s.snapshot_id,
-      tenantId: "n",
-      strategy: "overwrite",
-      tables: ["shop.notes"],
-    });
+    const status = await restore(s.snapshot_id, "n", ["shop.notes"]);
     assert.equal(status.status, "failed");
     assert.ok(
       ["schema_incompatible", "constraint_violation"].includes(status.error!.code),
@@ -702,12 +692,7 @@ dbTest(
     assert.equal((await validateSnapshot(sql, s.snapshot_id)).valid, false);
     // What validate foresaw is what the restore refuses, with nothing changed.
     const before = await rows("shop.handles", "h");
-    const status = await restoreSnapshot(sql, {
-      snapshotId: s.snapshot_id,
-      tenantId: "h",
-      strategy: "overwrite",
-      tables: ["shop.handles"],
-    });
+    const status = await restore(s.snapshot_id, "h", ["shop.handles"]);
     assert.equal(status.status, "failed");
     assert.equal(status.error!.code, "key_conflict", JSON.stringify(status.error));
     assert.deepEqual(await rows("shop.handles", "h"), before);
@@ -759,12 +744,7 @@ dbTest(
     // What validate foresaw is what the restore to that moment refuses, with nothing changed.
     const before = await rows("shop.labels", "L");
     const moment = await snapshotAt(sql, { ...request, at });
-    const status = await restoreSnapshot(sql, {
-      snapshotId: moment.snapshot_id,
-      tenantId: "L",
-      strategy: "overwrite",
-      tables: ["shop.labels"],
-    });
+    const status = await restore(moment.snapshot_id, "L", ["shop.labels"]);
     assert.equal(status.status, "failed");
     assert.deepEqual(await rows("shop.labels", "L"), before);
   },
