@@ -194,10 +194,18 @@ export async function applySnapshot(
     await phase("checks");
     for (const t of plan.steps) {
       current.table = t.name;
+      // Only the rows written are hashed (p_undone) when the undo went into the snapshot's own
+      // store, whose head then holds the rows as they were before the writes. An undo in another
+      // store (the table's columns changed since: added, renamed) leaves that head where it was,
+      // and the sum from it was wrong: such restores failed verification_failed.
       const [v] = await tx<
         { ok: boolean; expected_digest: string }[]
       >`select ok, expected_digest from pitr.verify_table(${t.id}, ${options.strategy},
-          ${undo !== null && undoNames.includes(t.name) && !empty.has(t.name)})`;
+          exists (select from pitr.backup_snapshot_tables u
+            join pitr.backup_snapshot_tables x on x.id = ${t.id}
+            where u.snapshot_id = ${undo?.snapshot_id ?? null}::uuid
+              and u.table_schema = x.table_schema and u.table_name = x.table_name
+              and u.store_id = x.store_id and u.store_tenant = x.store_tenant))`;
       // A merge (that the rows it adds are there), a selective restore (the digest of the rows
       // chosen) and an overwrite of columns changed since (the rows as stored now) verify against
       // the store as it is, not against the checksum recorded with the snapshot: their stored rows
