@@ -871,7 +871,6 @@ async function brokenConstraints(schema: string): Promise<string[]> {
 
 // The codes a refused restore may carry: a plan blocker, or a reference check before commit.
 const REFUSALS = new Set(["plan_blocked", "foreign_key_violation"]);
-const SCHEMA_REFUSALS = new Set(["schema_incompatible", "snapshot_invalid"]);
 
 let runNo = 0;
 const stats = {
@@ -924,7 +923,6 @@ async function run(sc: Scenario) {
     state: State;
     snapshots: Map<number, string>;
     at: string;
-    ddl: number;
     /** Per table with an exclusion across tenants, per tenant: its ranges then. */
     spans: Map<number, Map<number, string[]>>;
     /** Per table with a unique index across tenants, per tenant: its values under it then. */
@@ -973,7 +971,6 @@ async function run(sc: Scenario) {
   const castOf = (t: number, col: number) => TYPES[spec.tables[t].cols[col]].type(schema);
   // Data columns renamed by the workload (each rename adds a quote to the name).
   const renames = spec.tables.map((t) => t.cols.map(() => 0));
-  let schemaChanges = 0;
   const liveCol = (t: number, j: number) =>
     colName(spec.tables[t].cols[j]) + "'".repeat(renames[t][j]);
 
@@ -1051,7 +1048,6 @@ async function run(sc: Scenario) {
         state,
         snapshots,
         at: await clearMoment(sql),
-        ddl: schemaChanges,
       });
       return;
     }
@@ -1067,7 +1063,6 @@ async function run(sc: Scenario) {
       if (!op.go) return;
       const from = liveCol(op.table, op.col);
       renames[op.table][op.col]++;
-      schemaChanges++;
       await session.unsafe(
         `alter table ${tables[op.table]} rename column ${ident(from)} to ${
           ident(liveCol(op.table, op.col))
@@ -1282,9 +1277,8 @@ async function run(sc: Scenario) {
       (countries === COUNTRIES.length ||
         spec.tables.every((t, i) => !chosen[i] || t.country === "none"));
     if (!closed) stats.open++;
-    // A snapshot from before a column was renamed may be refused as no longer fitting the table
-    // (a moment is rebuilt across a rename exactly, and must restore).
-    const renamedSince = r.from === "snapshot" && mark.ddl < schemaChanges;
+    // A column renamed since is restored into the column it became (a snapshot by the column's
+    // attnum, a moment by its position in the log's images): a rename is no reason to refuse.
     const subset = names.filter((_, i) => chosen[i]);
     const before = await readState(tables);
     // Where the primary key is (id) alone, an id the workload reused may now be another tenant's:
@@ -1332,16 +1326,10 @@ async function run(sc: Scenario) {
     // The collisions the plan foresees on any key (the primary key by its diff, the others by
     // pitr.plan_key_conflicts), with no other tenant writing during the restore: the restore must
     // be refused, and a collision it meets must have been foreseen (below).
-    const foreseen = r.concurrent ? [] : await planRestore(pool, {
+    const foreseen = r.concurrent ? [] : (await planRestore(pool, {
       snapshotId,
       tables: restoredTables,
-    }).then(
-      (p) => p.warnings.filter((w) => w.code === "key_conflict"),
-      (e) => {
-        if (SCHEMA_REFUSALS.has((e as { code?: string }).code ?? "")) return [];
-        throw e;
-      },
-    );
+    })).warnings.filter((w) => w.code === "key_conflict");
     const { id } = await createRestore(pool, {
       snapshotId,
       tenantId: String(tenant),
@@ -1401,7 +1389,7 @@ async function run(sc: Scenario) {
     };
     const status = await executeRestore(pool, id, { onPhase });
     if (hookError) throw hookError;
-    if (status.error?.code === "key_conflict" && !r.concurrent && !renamedSince) {
+    if (status.error?.code === "key_conflict" && !r.concurrent) {
       assert.ok(foreseen.length > 0, `${what}: unforeseen ${status.error.message}`);
     }
     if (foreseen.length > 0) {
@@ -1442,7 +1430,7 @@ async function run(sc: Scenario) {
       codes.set(code, (codes.get(code) ?? 0) + 1);
       stats.refused++;
       assert.ok(
-        (REFUSALS.has(code) && !closed) || (renamedSince && SCHEMA_REFUSALS.has(code)) ||
+        (REFUSALS.has(code) && !closed) ||
           (heldByOther && code === "key_conflict"),
         `${what}: ${status.status} ${code}: ${status.error?.message}`,
       );
