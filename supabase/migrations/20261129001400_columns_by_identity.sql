@@ -49,10 +49,13 @@ as $$
   with st as (
     select x.*, to_regclass(format('%I.%I', x.table_schema, x.table_name)) as live_relid
     from pitr.backup_snapshot_tables x where x.id = p_snapshot_table),
+  -- pitr.live_columns without the store type each column would have (a call per column).
   live as (
-    select c.*, a.attnum
-    from st cross join lateral pitr.live_columns(st.live_relid) c
-    join pg_attribute a on a.attrelid = st.live_relid and a.attname = c.name),
+    select a.attnum, a.attname::text as name, format_type(a.atttypid, a.atttypmod) as type,
+      a.attgenerated <> '' as is_generated, a.attidentity = 'a' as identity_always,
+      a.attnotnull as not_null
+    from st join pg_attribute a on a.attrelid = st.live_relid
+    where a.attnum > 0 and not a.attisdropped),
   snap as (
     select s.ord, s.col, case when st.relid = st.live_relid then st.attnums[s.ord] end as attnum
     from st, jsonb_array_elements(st.columns) with ordinality s(col, ord)),
@@ -196,6 +199,8 @@ declare
   v_col record;
   v_bad bigint;
   v_name text;
+  -- The live columns the snapshot's go to.
+  v_paired text[] := '{}';
 begin
   select * into v_st from pitr.backup_snapshot_tables where id = p_snapshot_table;
   v_name := format('%s.%s', v_st.table_schema, v_st.table_name);
@@ -256,6 +261,9 @@ begin
       p.store_type, p.is_generated, p.renamed
     from pitr.column_pairs(p_snapshot_table) p
   loop
+    if v_col.new_name is not null then
+      v_paired := v_paired || v_col.new_name;
+    end if;
     if v_col.renamed and not v_col.is_generated then
       return query select 'columns', true, 'info',
         format('column %s.%s was renamed to %s since the snapshot; its values are restored there',
@@ -302,7 +310,7 @@ begin
   for v_col in
     select c.name from pitr.live_columns(v_relid) c
     where not c.is_generated and c.not_null and not c.has_default
-      and not exists (select from pitr.column_pairs(p_snapshot_table) p where p.name = c.name)
+      and c.name <> all (v_paired)
   loop
     return query select 'columns', v_st.row_count = 0,
       case when v_st.row_count = 0 then 'warning' else 'error' end,
