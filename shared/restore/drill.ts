@@ -102,13 +102,15 @@ export async function drillFleet(
       from pitr.drill_report r
       where r.snapshot_id is not null
       order by r.last_ok_at asc nulls first, r.last_drill_at asc nulls first, r.tenant_id`;
-    await refreshForeignKeys(sql);
     const drills: DrillResult[] = [];
     for (const t of queue) {
       const left = budget_ms * (1 - RESERVE_SHARE) - (performance.now() - started);
       if (drills.length > 0 && left <= 0) break;
       // Passed over, not dropped: its place in the order is kept for the next call.
       if (drills.length > 0 && (t.estimate_ms ?? 0) * ESTIMATE_MARGIN > left) continue;
+      // Before each drill, as execute does before each restore (a no-op when nothing changed): a
+      // key added during a long call would otherwise fail every later drill concurrent_change.
+      await refreshForeignKeys(sql);
       drills.push(await drillTenant(sql, t.tenant_id));
     }
     return {
