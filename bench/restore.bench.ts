@@ -314,6 +314,9 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
   const writer = await OtherTenantWriter.open(url, OTHER);
   const p99Alone: number[] = [];
   const p99During: number[] = [];
+  // The same during PostgreSQL's own COPY FROM of the same rows: what writing them costs the
+  // other tenant's commits, whoever writes them.
+  const p99Copy: number[] = [];
   let updatesDuring = 0;
   const window = Math.max(1, summarise(full).median);
   try {
@@ -336,6 +339,17 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
       }
       updatesDuring += during.length;
       p99During.push(percentile(during, 99));
+
+      await deleteTenant(sql, MEASURED);
+      await vacuum(sql);
+      let copied = false;
+      const copying = copyIn(sql, files).finally(() => copied = true);
+      const [duringCopy, n] = await Promise.all([
+        writer.run({ maxCount: 20_000, maxSeconds: 10 * window + 60, stop: () => copied }),
+        copying,
+      ]);
+      expectRows("COPY FROM during the other tenant's writes", n, rows);
+      if (duringCopy.length > 0) p99Copy.push(percentile(duringCopy, 99));
     }
   } finally {
     await writer.close();
@@ -344,7 +358,7 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
     `other tenant p99 alone ${fmtSummary(summarise(p99Alone), "ms")}, during ` +
       `${fmtSummary(summarise(p99During), "ms")} (${
         Math.round(updatesDuring / REPS)
-      } updates a restore)`,
+      } updates a restore), during COPY FROM ${fmtSummary(summarise(p99Copy), "ms")}`,
   );
 
   // The figures.
@@ -434,6 +448,12 @@ async function run(sql: Sql, url: string, files: CopyFiles): Promise<Report> {
       fmtSummary(s(olderDrift)),
       "full restore " + fmtSummary(s(full)),
       ratioText(s(olderDrift), s(full)),
+    ],
+    [
+      "other tenant's 1-row UPDATE p99 during COPY FROM of the same rows, ms",
+      fmtSummary(s(p99Copy)),
+      "no restore " + fmtSummary(s(p99Alone)),
+      ratioText(s(p99Copy), s(p99Alone)),
     ],
     ...scaling.map((x): InfoRow => [
       `drift restore, ${x.what}, s`,
