@@ -482,6 +482,8 @@ type Op =
   | { kind: "session"; session: number }
   | { kind: "mark" }
   | { kind: "rename"; table: number; col: number; go: boolean }
+  | { kind: "addcol"; table: number }
+  | { kind: "tag"; table: number; tenant: number; pick: number; value: string }
   | { kind: "truncate"; table: number }
   | { kind: "country"; code: string; remove: boolean }
   | { kind: "move"; table: number; tenant: number; pick: number; to: number }
@@ -661,10 +663,27 @@ function workload(spec: SchemaSpec): fc.Arbitrary<Op[]> {
           kind: fc.constant("rename" as const),
           table: fc.constant(t),
           col: fc.nat(spec.tables[t].cols.length - 1),
-          // A third as often as the weight says: a snapshot from before it no longer restores.
+          // A third as often as the weight says.
           go: fc.integer({ min: 0, max: 2 }).map((n) => n === 0),
         })
       ),
+    },
+    {
+      // The application's own schema change: a nullable column added (once a table), which rows
+      // written later fill. A restore to before it leaves it to the rows it keeps; its undo must
+      // bring every value back.
+      weight: 1,
+      arbitrary: fc.record({ kind: fc.constant("addcol" as const), table }),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        kind: fc.constant("tag" as const),
+        table,
+        tenant,
+        pick: fc.nat(),
+        value: fc.string({ maxLength: 6 }),
+      }),
     },
     {
       // Every tenant's rows at once, and those of the tables that reference it.
@@ -761,8 +780,14 @@ type Scenario = typeof scenario extends fc.Arbitrary<infer S> ? S : never;
 
 // ---- Reading state ----
 
-/** Per table, per tenant: the rows' text sorted, and the rows with their xmin and ctid. */
-type State = Map<string, Map<number, { rows: string[]; physical: string[] }>>;
+/**
+ * Per table, per tenant, sorted: the rows' text without the column a workload may add (ADDED),
+ * their whole text, and the rows with their xmin and ctid.
+ */
+type State = Map<string, Map<number, { rows: string[]; full: string[]; physical: string[] }>>;
+
+/** The column the workload adds to a table (op addcol). */
+const ADDED = "ex tra";
 
 async function readState(tables: string[]): Promise<State> {
   const state: State = new Map();
@@ -771,20 +796,31 @@ async function readState(tables: string[]): Promise<State> {
       ('DateStyle', 'ISO, YMD'), ('IntervalStyle', 'postgres'), ('extra_float_digits', '3'),
       ('bytea_output', 'hex'), ('lc_monetary', 'C')) s(name, setting)`;
     for (const t of tables) {
-      const rows = await tx.unsafe<{ tenant: number; t: string; p: string }[]>(
-        `select x.${TC}::text::int as tenant, x::text as t,
+      // The same record output as x::text, of every column but the added one.
+      const [{ cols }] = await tx.unsafe<{ cols: string[] }[]>(
+        `select array_agg('x.' || quote_ident(attname) order by attnum) as cols
+        from pg_attribute where attrelid = $1::regclass and attnum > 0 and not attisdropped
+          and attname <> $2`,
+        [t, ADDED],
+      );
+      const rows = await tx.unsafe<{ tenant: number; t: string; f: string; p: string }[]>(
+        `select x.${TC}::text::int as tenant, row(${cols.join(", ")})::text as t, x::text as f,
           concat_ws(' ', x.tableoid::regclass::text, x.ctid::text, x.xmin::text, x::text) as p
         from ${t} x`,
       );
       const byTenant = new Map(
-        TENANTS.map((n) => [n, { rows: [] as string[], physical: [] as string[] }]),
+        TENANTS.map((
+          n,
+        ) => [n, { rows: [] as string[], full: [] as string[], physical: [] as string[] }]),
       );
       for (const r of rows) {
         byTenant.get(r.tenant)!.rows.push(r.t);
+        byTenant.get(r.tenant)!.full.push(r.f);
         byTenant.get(r.tenant)!.physical.push(r.p);
       }
       for (const v of byTenant.values()) {
         v.rows.sort();
+        v.full.sort();
         v.physical.sort();
       }
       state.set(t, byTenant);
@@ -883,6 +919,8 @@ const stats = {
   completed: 0,
   refused: 0,
   undone: 0,
+  beforeAdded: 0,
+  undoneAcrossAdded: 0,
   fromMoment: 0,
   retried: 0,
   concurrent: 0,
@@ -923,6 +961,8 @@ async function run(sc: Scenario) {
     state: State;
     snapshots: Map<number, string>;
     at: string;
+    /** Per table: whether the workload had added its column then. */
+    added: boolean[];
     /** Per table with an exclusion across tenants, per tenant: its ranges then. */
     spans: Map<number, Map<number, string[]>>;
     /** Per table with a unique index across tenants, per tenant: its values under it then. */
@@ -971,6 +1011,7 @@ async function run(sc: Scenario) {
   const castOf = (t: number, col: number) => TYPES[spec.tables[t].cols[col]].type(schema);
   // Data columns renamed by the workload (each rename adds a quote to the name).
   const renames = spec.tables.map((t) => t.cols.map(() => 0));
+  const added = spec.tables.map(() => false);
   const liveCol = (t: number, j: number) =>
     colName(spec.tables[t].cols[j]) + "'".repeat(renames[t][j]);
 
@@ -992,6 +1033,7 @@ async function run(sc: Scenario) {
     if (spect.unique === "uv") add("v", row.v, "text");
     if (spect.country !== "none") add("country", row.country, "text");
     if (exclusionOf(spect) !== "none") add("span", row.span, "int4range");
+    if (added[t]) add(ADDED, row.k, "text");
     for (const [k, f] of spec.fks.entries()) {
       if (f.child !== t) continue;
       const key = await parentKey(k, tenant, row.refs[k]);
@@ -1048,6 +1090,7 @@ async function run(sc: Scenario) {
         state,
         snapshots,
         at: await clearMoment(sql),
+        added: [...added],
       });
       return;
     }
@@ -1068,6 +1111,12 @@ async function run(sc: Scenario) {
           ident(liveCol(op.table, op.col))
         }`,
       );
+      return;
+    }
+    if (op.kind === "addcol") {
+      if (added[op.table]) return;
+      added[op.table] = true;
+      await session.unsafe(`alter table ${tables[op.table]} add column ${ident(ADDED)} text`);
       return;
     }
     if (op.kind === "truncate") {
@@ -1141,6 +1190,12 @@ async function run(sc: Scenario) {
         );
       case "delete":
         return await write(`delete from ${tables[t]} where ${where}`, [at(op.pick)]);
+      case "tag":
+        if (!added[t]) return;
+        return await write(`update ${tables[t]} set ${ident(ADDED)} = $2 where ${where}`, [
+          at(op.pick),
+          op.value,
+        ]);
       case "move":
         // Not where the primary key is (id) alone: the moved row would hold the key that a
         // restore of its former tenant brings back (a key_conflict, refused as it should be).
@@ -1318,9 +1373,21 @@ async function run(sc: Scenario) {
     if (r.from === "snapshot") {
       snapshotId = mark.snapshots.get(tenant)!;
     } else {
-      snapshotId =
-        (await snapshotAt(pool, { tenantId: String(tenant), at: mark.at, tables: subset }))
-          .snapshot_id;
+      try {
+        snapshotId =
+          (await snapshotAt(pool, { tenantId: String(tenant), at: mark.at, tables: subset }))
+            .snapshot_id;
+      } catch (e) {
+        // The log does not rebuild a moment before a column was added (README, Point in time).
+        if (
+          (e as { code?: string }).code === "schema_incompatible" &&
+          chosen.some((c, i) => c && mark.added[i] !== added[i])
+        ) {
+          stats.beforeAdded++;
+          return;
+        }
+        throw e;
+      }
     }
     const restoredTables = r.from === "snapshot" && !whole ? subset : undefined;
     // The collisions the plan foresees on any key (the primary key by its diff, the others by
@@ -1414,8 +1481,11 @@ async function run(sc: Scenario) {
     if (status.status === "completed") {
       stats.completed++;
       for (const [i, t] of tables.entries()) {
-        const want = (chosen[i] ? mark.state : before).get(t)!.get(tenant)!.rows;
-        const got = after.get(t)!.get(tenant)!.rows;
+        // Whole rows, but for the column added since the target (the restore leaves it to the
+        // rows it keeps, and to NULL in those it inserts).
+        const part = !chosen[i] || mark.added[i] === added[i] ? "full" : "rows";
+        const want = (chosen[i] ? mark.state : before).get(t)!.get(tenant)![part];
+        const got = after.get(t)!.get(tenant)![part];
         assert.deepEqual(
           got,
           want,
@@ -1462,13 +1532,14 @@ async function run(sc: Scenario) {
       const back = await readState(tables);
       for (const t of tables) {
         assert.deepEqual(
-          back.get(t)!.get(tenant)!.rows,
-          before.get(t)!.get(tenant)!.rows,
+          back.get(t)!.get(tenant)!.full,
+          before.get(t)!.get(tenant)!.full,
           `undo of ${what}: ${t}`,
         );
       }
       assert.deepEqual(await brokenConstraints(schema), [], `undo of ${what}`);
       stats.undone++;
+      if (chosen.some((c, i) => c && mark.added[i] !== added[i])) stats.undoneAcrossAdded++;
     }
     // Refused for its references: with every table the foreign keys connect it to, it restores.
     if (refused && retry) {
