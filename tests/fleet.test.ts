@@ -241,4 +241,33 @@ dbTest(
   },
 );
 
+dbTest(
+  "a plan of a partial restore finds the children of the keys it takes away by key, never by a scan of every tenant's",
+  async () => {
+    // Five users added since the snapshot: restoring users alone would take their keys away, so
+    // the plan counts the enrollments pointing at them. Estimated as all 1,005 of the tenant's
+    // users, the five were joined with every tenant's 4,000 enrollments by a scan.
+    await sql`insert into public.tenants (id, name) values (409, 'restored'), (410, 'fleet')`;
+    await addUsers(410, "fleet", 3000);
+    await addUsers(409, "own", 1000);
+    for (const tenant of [409, 410]) {
+      const [{ id: campaign }] = await sql<{ id: string }[]>`
+        insert into public.campaigns (tenant_id, title) values (${tenant}, 'c') returning id`;
+      await sql`insert into public.enrollments (tenant_id, campaign_id, user_id)
+        select ${tenant}, ${campaign}, id from public.users where tenant_id = ${tenant}`;
+    }
+    await sql`analyze public.users`;
+    await sql`analyze public.enrollments`;
+    const snap = await takeSnapshot(sql, { tenantId: "409", tables: ["users"] });
+    await addUsers(409, "since", 5);
+    const reads = await onNewBackend(async (tx) => {
+      const plan = await planRestore(tx, { snapshotId: snap.snapshot_id, tables: ["users"] });
+      assert.equal(plan.tables[0].delete, 5);
+      return await tableReads(tx, "public.enrollments");
+    });
+    assert.equal(reads.seq_scan, 0, "no scan of the enrollments table");
+    assert.ok(reads.idx_scan > 0, `${reads.idx_scan} index scans`);
+  },
+);
+
 cleanup(db);
