@@ -2,8 +2,10 @@
 -- A column renamed since the snapshot (ALTER TABLE … RENAME COLUMN, an application's migration)
 -- was taken for a column dropped and another added: when its snapshot values were all NULL the
 -- restore went ahead and left the renamed column as it is now, a state that never existed (found
--- by tests/exactness.test.ts, seed 4242). Each snapshot table now records the table's oid and its
--- columns' attnums when it was written; a renamed column is restored into the column it became.
+-- by tests/exactness.test.ts, seed 4242); holding values, the snapshot was refused; two columns
+-- that swapped names were restored by name, swapping their values. Each snapshot table now
+-- records the table's oid and its columns' attnums when it was written; a renamed column is
+-- restored into the column it became.
 -- A snapshot recorded before this change has no attnums: where one of its columns is missing and
 -- the table has a column the snapshot lacks, the two cannot be told apart, and it is refused.
 
