@@ -144,9 +144,7 @@ begin
   from pitr.column_pairs(p_snapshot_table) p
   where p.name is not null and not p.is_generated;
 
-  if exists (select from unnest(v_pk) k
-      where not exists (select from pitr.column_pairs(p_snapshot_table) p
-        where p.name = k and not p.is_generated)) then
+  if exists (select from unnest(v_pk) k where format('%I', k) <> all (coalesce(r.cols, '{}'))) then
     raise exception 'the primary key of %.% is not in the snapshot', v_st.table_schema,
       v_st.table_name using errcode = 'PT422';
   end if;
@@ -176,10 +174,12 @@ begin
     return false;
   end if;
   r := pitr.restore_sql(p_snapshot_table);
+  -- Every column of the snapshot under its own name, and no other written one in the table.
   return r.exact and cardinality(r.pk) > 0
-    and not exists (select from pitr.column_pairs(p_snapshot_table) p where p.renamed)
-    and not exists (select from pitr.live_columns(r.relid) c
-      where not c.is_generated and format('%I', c.name) <> all (r.cols));
+    and r.cols = array(select format('%I', c ->> 'name')
+      from jsonb_array_elements(v_st.columns) with ordinality x(c, ord) order by ord)
+    and cardinality(r.cols) = (select count(*) from pg_attribute a where a.attrelid = r.relid
+      and a.attnum > 0 and not a.attisdropped and a.attgenerated = '');
 exception when sqlstate 'PT422' or sqlstate 'PT404' then
   return false;
 end
