@@ -312,24 +312,30 @@ dbTest(
 );
 
 dbTest(
-  "a moment before a column was added to a captured table is 422 naming the table and the DDL",
+  "a moment before a column's type changed is 422 naming the table and the DDL; before a column was added, it plans",
   async () => {
     await sql`create table public.pit_http_ddl (id int primary key, tenant_id bigint, v text)`;
     await sql`select pitr.capture_enable('public.pit_http_ddl')`;
-    await sql`insert into public.pit_http_ddl values (1, 701, 'a')`;
+    await sql`insert into public.pit_http_ddl values (1, 701, 'a'), (2, 701, 'b')`;
     const at = await now();
     await sql`alter table public.pit_http_ddl add column added_later numeric(10, 2)`;
-    await sql`update public.pit_http_ddl set added_later = 1`;
+    await sql`update public.pit_http_ddl set added_later = 1, v = 'changed' where id = 1`;
+    await sql`delete from public.pit_http_ddl where id = 2`;
+    const body = { tenant_id: "701", at, tables: ["pit_http_ddl"] };
+    const plan = await call("POST", "pitr-plan", body, { bearer: admin701 });
+    assert.equal(plan.status, 200, JSON.stringify(plan.body));
+    assert.deepEqual(plan.body.totals, { insert: 1, update: 1, delete: 0, unchanged: 0 });
+
+    await sql`alter table public.pit_http_ddl alter column v type varchar(20)`;
     const before = await digest(701);
     const snapshots = await snapshotCount();
-    const body = { tenant_id: "701", at, tables: ["pit_http_ddl"] };
     for (const name of ["pitr-plan", "pitr-execute"]) {
       const r = await call("POST", name, body, { bearer: admin701 });
       assert.equal(r.status, 422, `${name}: ${JSON.stringify(r.body)}`);
       assert.equal(r.body.error.code, "schema_incompatible");
       assert.match(
         r.body.error.message,
-        /public\.pit_http_ddl was altered after that moment, at .*\(ALTER TABLE public\.pit_http_ddl: column added_later numeric\(10,2\) added\)/,
+        /public\.pit_http_ddl was altered after that moment, at .*\(ALTER TABLE public\.pit_http_ddl: column v changed from text to character varying\(20\)\)/,
       );
     }
     assert.equal(await snapshotCount(), snapshots);

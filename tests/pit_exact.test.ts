@@ -248,56 +248,142 @@ dbTest("a captured table renamed keeps capturing, TRUNCATE included, and restore
   assert.deepEqual(await rowsOf("public.pit_table_new", 19), before);
 });
 
+/** The tenant's rows of pit_added as text, sorted, of the columns named. */
+async function addedRows(tenant: number, columns: string[]): Promise<string[]> {
+  const [{ rows }] = await sql<{ rows: string[] }[]>`
+    select coalesce(array_agg(t.r order by t.r), '{}') as rows
+    from (select row_to_json(x)::text as r
+      from (select ${sql(columns)} from public.pit_added where tenant_id = ${tenant}) x) t`;
+  return rows;
+}
+
 dbTest(
-  "column added after at: 422 naming the table and the DDL; later moments restore, writes go on",
+  "a moment before columns were added restores with the columns it had; a drop stops the log",
   async () => {
     await captured(
       `create table public.pit_added (id bigint primary key, tenant_id bigint not null,
         note text)`,
       "public.pit_added",
     );
-    await sql`insert into public.pit_added values (1, 8, 'a'), (2, 8, 'b')`;
-    const beforeDdl = await now();
-    await sql`update public.pit_added set note = 'changed before the DDL'`;
+    await sql`insert into public.pit_added values (1, 8, 'a'), (2, 8, 'b'), (4, 8, 'd'),
+      (6, 8, 'f'), (7, 8, 'g'), (10, 9, 'other tenant')`;
+    const at = await now();
+    const atRows = await addedRows(8, ["id", "tenant_id", "note"]);
+    // A snapshot of the moment, to compare the rebuilt one with.
+    const taken = await takeSnapshot(sql, { tenantId: "8", tables: ["public.pit_added"] });
+    // Images of three columns: rows 1 and 2 changed, row 4 deleted, before any DDL.
+    await sql`update public.pit_added set note = 'changed before the DDL' where id in (1, 2)`;
+    await sql`delete from public.pit_added where id = 4`;
     await sql`alter table public.pit_added add column extra integer default 7`;
-    // Capture keeps working after ADD COLUMN: the application's writes succeed and are logged.
+    // Images of four columns: row 6 first changed now, row 7 deleted now.
+    await sql`update public.pit_added set note = 'between the DDLs', extra = 70 where id = 6`;
+    await sql`delete from public.pit_added where id = 7`;
     await sql`update public.pit_added set extra = 8 where id = 1`;
     await sql`insert into public.pit_added values (3, 8, 'c', 9)`;
-    const afterAdd = await now();
-    const atAfterAdd = await rowsOf("public.pit_added", 8);
-    await sql`update public.pit_added set note = 'later'`;
-    await assert.rejects(
-      snapshotAt(sql, { tenantId: "8", at: beforeDdl, tables: ["public.pit_added"] }),
-      (e) => {
-        assert.ok(e instanceof Unprocessable, String(e));
-        assert.equal(e.code, "schema_incompatible");
-        assert.equal(e.status, 422);
-        assert.match(e.message, /public\.pit_added/);
-        assert.match(e.message, /ALTER TABLE public\.pit_added: column extra integer added/);
-        return true;
-      },
+    await sql`alter table public.pit_added add column memo text`;
+    // Images of five columns.
+    await sql`insert into public.pit_added (id, tenant_id, note) values (5, 8, 'e')`;
+    await sql`update public.pit_added set memo = 'now', extra = extra + 1 where id in (1, 6)`;
+    await sql`delete from public.pit_added where id = 2`;
+    const other = await addedRows(9, ["id", "tenant_id", "note", "extra", "memo"]);
+
+    // Validate says the moment can be rebuilt; the rebuilt moment is the snapshot taken then: the
+    // same store (the columns it had), the same rows.
+    const v = await validateAt(sql, { tenantId: "8", at, tables: ["public.pit_added"] });
+    assert.equal(v.valid, true, JSON.stringify(v.checks));
+    const moment = await snapshotAt(sql, { tenantId: "8", at, tables: ["public.pit_added"] });
+    const [built, kept] = await Promise.all(
+      [moment, taken].map(async (s) =>
+        (await sql<{ store_id: string; checksum: string; columns: unknown }[]>`
+        select store_id, checksum, columns from pitr.backup_snapshot_tables
+        where snapshot_id = ${s.snapshot_id}`)[0]
+      ),
     );
-    // Validate says so too, as a failed check of that table.
-    const v = await validateAt(sql, { tenantId: "8", at: beforeDdl, tables: ["public.pit_added"] });
-    assert.equal(v.valid, false);
-    assert.match(v.checks[0].message, /column extra integer added/);
-    assert.equal(
-      (await validateAt(sql, { tenantId: "8", at: afterAdd, tables: ["public.pit_added"] })).valid,
-      true,
-    );
-    await restoreTo(8, afterAdd, ["public.pit_added"]);
-    assert.deepEqual(await rowsOf("public.pit_added", 8), atAfterAdd);
-    // DROP COLUMN too: writes go on, and a moment before it is refused naming it.
+    assert.deepEqual(built, kept);
+
+    await restoreTo(8, at, ["public.pit_added"]);
+    assert.deepEqual(await addedRows(8, ["id", "tenant_id", "note"]), atRows);
+    // The columns added since are left to the rows kept (1, 6), and take their default in the
+    // rows put back (2, 4, 7), as a restore of the snapshot taken then leaves them.
+    assert.deepEqual(await addedRows(8, ["id", "extra", "memo"]), [
+      '{"id":1,"extra":9,"memo":"now"}',
+      '{"id":2,"extra":7,"memo":null}',
+      '{"id":4,"extra":7,"memo":null}',
+      '{"id":6,"extra":71,"memo":"now"}',
+      '{"id":7,"extra":7,"memo":null}',
+    ]);
+    assert.deepEqual(await addedRows(9, ["id", "tenant_id", "note", "extra", "memo"]), other);
+
+    // DROP COLUMN stops the log: writes go on, and a moment before it is refused naming it, as
+    // is one between the two additions.
+    const afterAdds = await now();
     await sql`alter table public.pit_added drop column note`;
     await sql`update public.pit_added set extra = extra + 1`;
-    await sql`delete from public.pit_added where id = 3`;
     const [{ n }] = await sql<{ n: string }[]>`select count(*) as n from pitr.changes
       where relid = 'public.pit_added'::regclass and op = 'S'`;
-    assert.equal(Number(n), 2);
+    assert.equal(Number(n), 3);
+    for (const moment of [at, afterAdds]) {
+      await assert.rejects(
+        snapshotAt(sql, { tenantId: "8", at: moment, tables: ["public.pit_added"] }),
+        (e) => {
+          assert.ok(e instanceof Unprocessable, String(e));
+          assert.equal(e.code, "schema_incompatible");
+          assert.match(e.message, /ALTER TABLE public\.pit_added: column note dropped/);
+          return true;
+        },
+      );
+    }
+  },
+);
+
+dbTest(
+  "a moment before a column was added is refused when the change's shape was not recorded, or the column's domain refuses NULL",
+  async () => {
+    await sql`create domain public.pit_required as integer not null`;
+    await sql`create domain public.pit_required_too as public.pit_required check (value > 0)`;
+    await captured(
+      `create table public.pit_dom (id int primary key, tenant_id bigint not null, v text)`,
+      "public.pit_dom",
+    );
+    await sql`insert into public.pit_dom values (1, 14, 'a')`;
+    const at = await now();
+    await sql`update public.pit_dom set v = 'b'`;
+    await sql`create domain public.pit_checked as integer check (value is not null)`;
+    await sql`alter table public.pit_dom add column w public.pit_required_too default 1`;
     await assert.rejects(
-      snapshotAt(sql, { tenantId: "8", at: afterAdd, tables: ["public.pit_added"] }),
+      snapshotAt(sql, { tenantId: "14", at, tables: ["public.pit_dom"] }),
       (e) =>
-        e instanceof Unprocessable && /ALTER TABLE public\.pit_added: column note dropped/.test(
+        e instanceof Unprocessable && e.code === "schema_incompatible" &&
+        /column w \(public\.pit_required_too\) was added, a domain that refuses NULL/.test(
+          e.message,
+        ),
+    );
+    await sql`alter table public.pit_dom drop column w`;
+    const later = await now();
+    await sql`update public.pit_dom set v = 'c'`;
+    await sql`alter table public.pit_dom add column x public.pit_checked default 1`;
+    await assert.rejects(
+      snapshotAt(sql, { tenantId: "14", at: later, tables: ["public.pit_dom"] }),
+      (e) =>
+        e instanceof Unprocessable && e.code === "schema_incompatible" &&
+        /column x \(public\.pit_checked\) was added, a domain that refuses NULL/.test(e.message),
+    );
+    // A schema change logged before its shape was (as by an older version of this service).
+    await captured(
+      `create table public.pit_old_log (id int primary key, tenant_id bigint not null, v text)`,
+      "public.pit_old_log",
+    );
+    await sql`insert into public.pit_old_log values (1, 14, 'a')`;
+    const before = await now();
+    await sql`alter table public.pit_old_log add column w text`;
+    const v = await validateAt(sql, { tenantId: "14", at: before, tables: ["public.pit_old_log"] });
+    assert.equal(v.valid, true, JSON.stringify(v.checks));
+    await sql`delete from pitr.schema_changes where relid = 'public.pit_old_log'::regclass`;
+    await assert.rejects(
+      snapshotAt(sql, { tenantId: "14", at: before, tables: ["public.pit_old_log"] }),
+      (e) =>
+        e instanceof Unprocessable && e.code === "schema_incompatible" &&
+        /ALTER TABLE public\.pit_old_log: column w text added\): the log cannot rebuild/.test(
           e.message,
         ),
     );
@@ -496,7 +582,7 @@ dbTest(
     let during: string;
     try {
       await session`begin`;
-      await session`alter table public.pit_ddl_tx add column w int`;
+      await session`alter table public.pit_ddl_tx alter column v type varchar(20)`;
       during = await now();
       await session`commit`;
     } finally {
@@ -504,10 +590,12 @@ dbTest(
     }
     const after = await now();
     const state = await rowsOf("public.pit_ddl_tx", 17);
-    await sql`update public.pit_ddl_tx set w = 1`;
+    await sql`update public.pit_ddl_tx set v = 'after'`;
     await assert.rejects(
       snapshotAt(sql, { tenantId: "17", at: during, tables: ["public.pit_ddl_tx"] }),
-      (e) => e instanceof Unprocessable && /column w integer added/.test(e.message),
+      (e) =>
+        e instanceof Unprocessable &&
+        /column v changed from text to character varying\(20\)/.test(e.message),
     );
     await restoreTo(17, after, ["public.pit_ddl_tx"]);
     assert.deepEqual(await rowsOf("public.pit_ddl_tx", 17), state);

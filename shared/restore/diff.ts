@@ -4,8 +4,8 @@ import type { Db, Sql } from "../db/client.ts";
 import { transaction } from "../db/transaction.ts";
 import { pickTables } from "./catalog.ts";
 import { BadRequest, PG, sqlState, Unprocessable } from "./errors.ts";
-import { type PointInTime, snapshotAtIn } from "./point_in_time.ts";
-import { ensureStores, getSnapshot } from "./snapshot.ts";
+import { ensureMomentStores, type PointInTime, snapshotAtIn } from "./point_in_time.ts";
+import { getSnapshot } from "./snapshot.ts";
 
 export type Change = "insert" | "update" | "delete";
 
@@ -83,7 +83,7 @@ export async function diffPageAt(sql: Sql, request: DiffRequest & PointInTime): 
     await transaction(sql, async (tx) => {
       const s = await snapshotAtIn(tx, { ...request, tables: [request.table] }, { preview: true });
       throw new RollBack(await diffPage(tx, { ...request, snapshotId: s.snapshot_id }));
-    }, { isolation: "repeatable read", before: ensureStores });
+    }, { isolation: "repeatable read", before: (s) => ensureMomentStores(s, request.at) });
   } catch (e) {
     if (e instanceof RollBack) return { ...e.page, snapshot_id: null };
     throw e;

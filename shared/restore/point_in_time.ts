@@ -77,10 +77,29 @@ export async function snapshotAtIn(
   return await getSnapshot(tx, created.id);
 }
 
+/**
+ * ensureStores, and the store of each captured table's columns at `at` where columns were added
+ * since (pitr.columns_at): a moment is stored with the columns it had. A malformed `at` is left to
+ * checkMoment, inside the transaction.
+ */
+export async function ensureMomentStores(session: Sql, at: string): Promise<void> {
+  await ensureStores(session);
+  if (!ISO.test(at) || Number.isNaN(Date.parse(at))) return;
+  await session`
+    select pitr.store_for(c.relid, pitr.columns_at(c.relid, ${at}::text::timestamptz))
+    from pitr.capture_tables c join pitr.protected_tables p on p.relid = c.relid
+    where c.enabled_at <= ${at}::text::timestamptz
+      and pitr.schema_change_after(c.relid, ${at}::text::timestamptz) is null`;
+}
+
 /** The state at `at`, kept: execute restores from it like from any snapshot. */
 export function snapshotAt(sql: Sql, request: PointInTime): Promise<Snapshot> {
   // One consistent read of the rows now and of the log.
-  return transaction(sql, (tx) => snapshotAtIn(tx, request), consistentRead(sql, request.tenantId));
+  return transaction(
+    sql,
+    (tx) => snapshotAtIn(tx, request),
+    consistentRead(sql, request.tenantId, (s) => ensureMomentStores(s, request.at)),
+  );
 }
 
 /**
@@ -109,7 +128,7 @@ function inMoment<T>(
   return inRolledBackTransaction(
     sql,
     async (tx) => fn(tx, await snapshotAtIn(tx, request, { preview: true })),
-    { isolation: "repeatable read", before: ensureStores },
+    { isolation: "repeatable read", before: (s) => ensureMomentStores(s, request.at) },
   );
 }
 

@@ -106,9 +106,14 @@ export async function ensureStores(session: Sql) {
  * its snapshots (a snapshot, a point-in-time state): it waits for the tenant's turn in this
  * process without a connection, then for the tenant's advisory lock, against other processes,
  * before the transaction begins (so it sees what the previous holder committed); both within
- * PITR_SNAPSHOT_LOCK_WAIT_MS, then 409 tenant_busy.
+ * PITR_SNAPSHOT_LOCK_WAIT_MS, then 409 tenant_busy. `stores` makes the stores it will write
+ * (ensureStores, or a moment's: ensureMomentStores).
  */
-export function consistentRead(sql: Sql, tenantId: string): TransactionOptions {
+export function consistentRead(
+  sql: Sql,
+  tenantId: string,
+  stores: (session: Sql) => Promise<void> = ensureStores,
+): TransactionOptions {
   const waitMs = snapshotLockWaitMs();
   const deadline = Date.now() + waitMs;
   return {
@@ -119,7 +124,7 @@ export function consistentRead(sql: Sql, tenantId: string): TransactionOptions {
       const timeout = `${Math.max(1, deadline - Date.now())}ms`;
       await session`select set_config('lock_timeout', ${timeout}, false)`;
       await lockTenant(session, tenantId, "session");
-      await ensureStores(session);
+      await stores(session);
     },
   };
 }
