@@ -98,7 +98,7 @@ $$;
 -- same attnum and type (its nested types too), and every other column has a higher attnum, so an
 -- image logged before it is an image of the row after it with the added columns cut off its end.
 create function pitr.columns_only_added(p_before jsonb, p_after jsonb) returns boolean
-language sql immutable set search_path = pg_catalog, pg_temp as $$
+language sql immutable set search_path = pg_catalog, pg_temp set jit = off as $$
   select not exists (
       select from jsonb_array_elements(p_before -> 'shape' -> 1) b
       where not exists (select from jsonb_array_elements(p_after -> 'shape' -> 1) a where a = b))
