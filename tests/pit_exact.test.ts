@@ -280,12 +280,14 @@ dbTest(
     await sql`delete from public.pit_added where id = 7`;
     await sql`update public.pit_added set extra = 8 where id = 1`;
     await sql`insert into public.pit_added values (3, 8, 'c', 9)`;
-    await sql`alter table public.pit_added add column memo text`;
-    // Images of five columns.
+    // Two columns in one statement, one of them generated (images hold its value too).
+    await sql`alter table public.pit_added add column memo text,
+      add column twice bigint generated always as (id * 2) stored`;
+    // Images of six columns.
     await sql`insert into public.pit_added (id, tenant_id, note) values (5, 8, 'e')`;
     await sql`update public.pit_added set memo = 'now', extra = extra + 1 where id in (1, 6)`;
     await sql`delete from public.pit_added where id = 2`;
-    const other = await addedRows(9, ["id", "tenant_id", "note", "extra", "memo"]);
+    const other = await addedRows(9, ["id", "tenant_id", "note", "extra", "memo", "twice"]);
 
     // Validate says the moment can be rebuilt; the rebuilt moment is the snapshot taken then: the
     // same store (the columns it had), the same rows.
@@ -305,14 +307,17 @@ dbTest(
     assert.deepEqual(await addedRows(8, ["id", "tenant_id", "note"]), atRows);
     // The columns added since are left to the rows kept (1, 6), and take their default in the
     // rows put back (2, 4, 7), as a restore of the snapshot taken then leaves them.
-    assert.deepEqual(await addedRows(8, ["id", "extra", "memo"]), [
-      '{"id":1,"extra":9,"memo":"now"}',
-      '{"id":2,"extra":7,"memo":null}',
-      '{"id":4,"extra":7,"memo":null}',
-      '{"id":6,"extra":71,"memo":"now"}',
-      '{"id":7,"extra":7,"memo":null}',
+    assert.deepEqual(await addedRows(8, ["id", "extra", "memo", "twice"]), [
+      '{"id":1,"extra":9,"memo":"now","twice":2}',
+      '{"id":2,"extra":7,"memo":null,"twice":4}',
+      '{"id":4,"extra":7,"memo":null,"twice":8}',
+      '{"id":6,"extra":71,"memo":"now","twice":12}',
+      '{"id":7,"extra":7,"memo":null,"twice":14}',
     ]);
-    assert.deepEqual(await addedRows(9, ["id", "tenant_id", "note", "extra", "memo"]), other);
+    assert.deepEqual(
+      await addedRows(9, ["id", "tenant_id", "note", "extra", "memo", "twice"]),
+      other,
+    );
 
     // DROP COLUMN stops the log: writes go on, and a moment before it is refused naming it, as
     // is one between the two additions.
