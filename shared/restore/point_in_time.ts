@@ -19,9 +19,10 @@ export interface PointInTime {
 
 /** The moment, checked against now and against how far back the log is complete. */
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$/;
+const isMoment = (at: string) => ISO.test(at) && !Number.isNaN(Date.parse(at));
 
 async function checkMoment(sql: Db, at: string): Promise<void> {
-  if (!ISO.test(at) || Number.isNaN(Date.parse(at))) {
+  if (!isMoment(at)) {
     throw new BadRequest("invalid_request", "at must be an ISO 8601 timestamp with a zone");
   }
   const [s] = await sql<
@@ -84,7 +85,7 @@ export async function snapshotAtIn(
  */
 export async function ensureMomentStores(session: Sql, at: string): Promise<void> {
   await ensureStores(session);
-  if (!ISO.test(at) || Number.isNaN(Date.parse(at))) return;
+  if (!isMoment(at)) return;
   await session`
     select pitr.store_for(c.relid, pitr.columns_at(c.relid, ${at}::text::timestamptz))
     from pitr.capture_tables c join pitr.protected_tables p on p.relid = c.relid
