@@ -91,7 +91,7 @@ dbTest(
 );
 
 dbTest(
-  "expired days are detached and dropped, default-partition rows moved or expired, and a moment in a dropped day is refused",
+  "expired days are detached and dropped with the signatures of their schema changes, default-partition rows moved or expired, and a moment in a dropped day is refused",
   async () => {
     const expired = await expiredDay("2020-01-05");
     // A day two days back without its partition: its rows went to the default partition.
@@ -106,6 +106,19 @@ dbTest(
     const [{ inDefault }] = await sql<{ inDefault: string }[]>`
       select count(*) as "inDefault" from pitr.changes_default`;
     assert.equal(Number(inDefault), 2);
+    // A schema change recorded in the expired day and one today, each with the signature from
+    // before it: the first leaves with its day, the second stays.
+    const schemaChange = async (at: string) => {
+      const [{ seq }] = await sql<{ seq: string }[]>`
+        insert into pitr.changes (changed_at, relid, op, old_row)
+        values (${at}::timestamptz, 'public.users'::regclass, 'S', 'ALTER TABLE (test)')
+        returning seq`;
+      await sql`insert into pitr.schema_changes (relid, seq, shape_before)
+        values ('public.users'::regclass, ${seq}, '{}')`;
+      return seq;
+    };
+    const oldChange = await schemaChange("2020-01-05 13:00+00");
+    const newChange = await schemaChange(new Date().toISOString());
 
     const status = await maintainChangeLog(sql);
     const run = await lastRun();
@@ -124,6 +137,11 @@ dbTest(
         to_regclass('pitr.changes_detached_20200105') is null as "detachedGone"`;
     assert.equal(gone, true);
     assert.equal(detachedGone, true);
+    const kept = await sql<{ seq: string }[]>`
+      select seq from pitr.schema_changes where seq in (${oldChange}, ${newChange})`;
+    assert.deepEqual(kept.map((r) => r.seq), [newChange]);
+    await sql`delete from pitr.changes where seq = ${newChange}`;
+    await sql`delete from pitr.schema_changes where seq = ${newChange}`;
     // The moved row now sits in its day's partition, not in the default one.
     const [moved] = await sql<{ part: string }[]>`
       select tableoid::regclass::text as part from pitr.changes where pk = '-2'`;
