@@ -270,4 +270,56 @@ dbTest(
   },
 );
 
+dbTest(
+  "a restore of rows changed in one table deletes, checks keys and checks foreign keys in that table alone, verifies every table, and its undo puts the change back",
+  async () => {
+    await sql`select public.seed_tenant(411, 5)`;
+    const snap = await takeSnapshot(sql, { tenantId: "411" });
+    await sql`update public.campaigns set title = title || ' (edited)' where tenant_id = 411`;
+    const [{ edited }] = await sql<{ edited: number }[]>`
+      select count(*)::int as edited from public.campaigns where tenant_id = 411`;
+    assert.ok(edited > 0);
+    const functions = [
+      "restore_delete(bigint)",
+      "deferred_key_conflicts(bigint)",
+      "fk_dangling_children(oid,bigint,bigint)",
+      "fk_orphans_of_deleted(oid,bigint)",
+      "verify_table(bigint,text,boolean)",
+    ];
+    // This transaction's own calls of each function, counted by PostgreSQL.
+    const { calls, applied } = await onNewBackend(async (tx) => {
+      await tx`select set_config('track_functions', 'all', true)`;
+      const applied = await applySnapshot(tx, snap.snapshot_id, { strategy: "overwrite" });
+      const rows = await tx<{ f: string; n: number }[]>`
+        select f, coalesce(pg_stat_get_xact_function_calls(('pitr.' || f)::regprocedure), 0)::int
+          as n from unnest(${functions}::text[]) f`;
+      return { calls: Object.fromEntries(rows.map((r) => [r.f, r.n])), applied };
+    });
+    const [fks] = await sql<{ child: number; parent: number }[]>`
+      select count(*) filter (where conrelid = 'public.campaigns'::regclass)::int as child,
+        count(*) filter (where confrelid = 'public.campaigns'::regclass)::int as parent
+      from pg_constraint where contype = 'f'`;
+    assert.deepEqual(calls, {
+      "restore_delete(bigint)": 1,
+      "deferred_key_conflicts(bigint)": 1,
+      "fk_dangling_children(oid,bigint,bigint)": fks.child,
+      "fk_orphans_of_deleted(oid,bigint)": fks.parent,
+      "verify_table(bigint,text,boolean)": applied.tables.length,
+    });
+    assert.ok(applied.tables.length > 3, `${applied.tables.length} tables restored`);
+    const [{ left }] = await sql<{ left: number }[]>`
+      select count(*)::int as left from public.campaigns
+      where tenant_id = 411 and title like '% (edited)'`;
+    assert.equal(left, 0);
+    // The undo, taken from the diff for every table, restores the tenant as it was before.
+    await sql.begin(async (tx) => {
+      await applySnapshot(tx, applied.undoSnapshotId!, { strategy: "overwrite" });
+    });
+    const [{ back }] = await sql<{ back: number }[]>`
+      select count(*)::int as back from public.campaigns
+      where tenant_id = 411 and title like '% (edited)'`;
+    assert.equal(back, edited);
+  },
+);
+
 cleanup(db);
