@@ -5,8 +5,7 @@
 // to begin. It times the same restores with a CHECKPOINT just before each and without,
 // alternating, in a fresh database it drops at the end, and prints the WAL each wrote. It must
 // never assert a goal.
-import { configuredDatabaseUrl, connect, type Sql, withDatabase } from "../shared/db/client.ts";
-import { startEmbedded } from "../shared/db/embedded.ts";
+import type { Sql } from "../shared/db/client.ts";
 import { migrate } from "../shared/db/migrate.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { createRestore } from "../shared/restore/history.ts";
@@ -21,6 +20,7 @@ import {
   vacuum,
 } from "./dataset.ts";
 import { fmt, fmtSummary, MB, round3, summarise, type Summary } from "./stats.ts";
+import { inFreshDatabase } from "./fresh_database.ts";
 import { printTable } from "./report.ts";
 
 const quick = Deno.args.includes("--quick");
@@ -140,29 +140,4 @@ function pair(t: Record<Mode, Timed[]>): [Summary, Summary, Summary, Summary] {
   return [seconds(t.checkpoint), walMb(t.checkpoint), seconds(t.none), walMb(t.none)];
 }
 
-async function main(): Promise<number> {
-  const started = performance.now();
-  const configured = configuredDatabaseUrl();
-  const server = configured ? undefined : await startEmbedded(".pitr/checkpoint-pg");
-  const adminUrl = configured ?? server!.url;
-  const admin = connect(adminUrl, { max: 1 });
-  const name = `pitr_ckpt_${crypto.randomUUID().slice(0, 8)}`;
-  await admin`create database ${admin(name)}`;
-  const sql = connect(withDatabase(adminUrl, name), { max: 4 });
-  let code = 0;
-  try {
-    await run(sql);
-  } catch (e) {
-    console.error(e);
-    code = 1;
-  } finally {
-    await sql.end({ timeout: 5 });
-    await admin`drop database if exists ${admin(name)} with (force)`;
-    await admin.end({ timeout: 5 });
-    await server?.stop();
-  }
-  log(`finished in ${((performance.now() - started) / 1000).toFixed(1)} s`);
-  return code;
-}
-
-Deno.exit(await main());
+Deno.exit(await inFreshDatabase({ dataDir: ".pitr/checkpoint-pg", prefix: "pitr_ckpt", log }, run));

@@ -5,12 +5,12 @@
 // database it drops at the end, the restore of a few rows changed in one table of many, of the
 // same rows changed in every table, and the full restore of the emptied tenant (the baseline, as
 // in deno task bench). It must never assert a goal.
-import { configuredDatabaseUrl, connect, type Sql, withDatabase } from "../shared/db/client.ts";
-import { startEmbedded } from "../shared/db/embedded.ts";
+import type { Sql } from "../shared/db/client.ts";
 import { migrate } from "../shared/db/migrate.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { createRestore } from "../shared/restore/history.ts";
 import { takeSnapshot } from "../shared/restore/snapshot.ts";
+import { inFreshDatabase } from "./fresh_database.ts";
 import { printTable } from "./report.ts";
 import { fmt, fmtSummary, round3, summarise, type Summary, timed } from "./stats.ts";
 
@@ -152,29 +152,4 @@ async function run(sql: Sql): Promise<void> {
   }));
 }
 
-async function main(): Promise<number> {
-  const started = performance.now();
-  const configured = configuredDatabaseUrl();
-  const server = configured ? undefined : await startEmbedded(".pitr/tables-pg");
-  const adminUrl = configured ?? server!.url;
-  const admin = connect(adminUrl, { max: 1 });
-  const name = `pitr_tables_${crypto.randomUUID().slice(0, 8)}`;
-  await admin`create database ${admin(name)}`;
-  const sql = connect(withDatabase(adminUrl, name), { max: 4 });
-  let code = 0;
-  try {
-    await run(sql);
-  } catch (e) {
-    console.error(e);
-    code = 1;
-  } finally {
-    await sql.end({ timeout: 5 });
-    await admin`drop database if exists ${admin(name)} with (force)`;
-    await admin.end({ timeout: 5 });
-    await server?.stop();
-  }
-  log(`finished in ${((performance.now() - started) / 1000).toFixed(1)} s`);
-  return code;
-}
-
-Deno.exit(await main());
+Deno.exit(await inFreshDatabase({ dataDir: ".pitr/tables-pg", prefix: "pitr_tables", log }, run));
