@@ -322,4 +322,91 @@ dbTest(
   },
 );
 
+dbTest(
+  "a restore's diff reads the stored rows of the tables changed since the snapshot, and of no other",
+  async () => {
+    await sql`select public.seed_tenant(412, 5)`;
+    const snap = await takeSnapshot(sql, { tenantId: "412" });
+    // Rows of one table updated; rows of another deleted and nothing else (no row of it new, but
+    // fewer of them).
+    await sql`update public.lessons set body = body || ' (edited)' where tenant_id = 412`;
+    const [{ gone }] = await sql<{ gone: number }[]>`
+      with d as (delete from public."Audit Log" where tenant_id = 412 returning 1)
+      select count(*)::int as gone from d`;
+    assert.ok(gone > 0);
+    const tables = await sql<{ id: string; table_name: string; store: string }[]>`
+      select id, table_name, 'pitr_store.' || store_table as store
+      from pitr.backup_snapshot_tables where snapshot_id = ${snap.snapshot_id} and row_count > 0`;
+    assert.ok(tables.length > 3, `${tables.length} tables with rows`);
+    // Each table's diff as a restore makes it, and the scans of its store that diff made.
+    const diffs = await onNewBackend(async (tx) => {
+      const out: Record<string, { reads: number; ins: number; upd: number; del: number }> = {};
+      const scans = async (store: string) => {
+        const [{ n }] = await tx<{ n: number }[]>`
+          select coalesce(sum(seq_scan + idx_scan), 0)::int as n from pg_stat_xact_user_tables
+          where relid = ${store}::regclass`;
+        return n;
+      };
+      for (const t of tables) {
+        const before = await scans(t.store);
+        const [d] = await tx<{ ins: number; upd: number; del: number }[]>`
+          select ins::int, upd::int, del::int from pitr.table_diff(${t.id}, 'overwrite', true)`;
+        out[t.table_name] = { reads: (await scans(t.store)) - before, ...d };
+      }
+      return out;
+    });
+    for (const { table_name } of tables) {
+      const d = diffs[table_name];
+      if (table_name === "lessons") {
+        assert.deepEqual(d, { reads: d.reads, ins: 0, upd: 5, del: 0 });
+      } else if (table_name === "Audit Log") {
+        assert.deepEqual(d, { reads: d.reads, ins: gone, upd: 0, del: 0 });
+      } else {
+        assert.deepEqual(d, { reads: 0, ins: 0, upd: 0, del: 0 }, `${table_name}: nothing read`);
+        continue;
+      }
+      assert.ok(d.reads > 0, `the store of ${table_name} read`);
+    }
+    // The restore puts both tables back.
+    await sql.begin((tx) => applySnapshot(tx, snap.snapshot_id, { strategy: "overwrite" }));
+    const [after] = await sql<{ edited: number; entries: number }[]>`
+      select (select count(*)::int from public.lessons
+          where tenant_id = 412 and body like '% (edited)') as edited,
+        (select count(*)::int from public."Audit Log" where tenant_id = 412) as entries`;
+    assert.deepEqual(after, { edited: 0, entries: gone });
+  },
+);
+
+class RolledBack extends Error {}
+
+dbTest(
+  "a table found quiet and then written in the same transaction is diffed again in full",
+  async () => {
+    await sql`select public.seed_tenant(413, 5)`;
+    const snap = await takeSnapshot(sql, { tenantId: "413" });
+    const [{ id }] = await sql<{ id: string }[]>`select id from pitr.backup_snapshot_tables
+      where snapshot_id = ${snap.snapshot_id} and table_name = 'lessons'`;
+    await sql.begin(async (tx) => {
+      const diff = async () => {
+        const [d] = await tx<{ upd: number; quiet: boolean; sets: boolean }[]>`
+          select d.upd::int, pitr.diff_quiet(${id}) as quiet,
+            to_regclass((pitr.restore_sql(${id})).writes) is not null as sets
+          from pitr.table_diff(${id}, 'overwrite', true) d`;
+        return d;
+      };
+      assert.deepEqual(await diff(), { upd: 0, quiet: true, sets: false });
+      await tx`update public.lessons set body = 'changed' where tenant_id = 413
+        and id = (select min(id) from public.lessons where tenant_id = 413)`;
+      assert.deepEqual(await diff(), { upd: 1, quiet: false, sets: true });
+      await tx`select pitr.restore_write(${id}, 1, 2)`;
+      const [{ changed }] = await tx<{ changed: number }[]>`select count(*)::int as changed
+        from public.lessons where tenant_id = 413 and body = 'changed'`;
+      assert.equal(changed, 0);
+      throw new RolledBack();
+    }).catch((e) => {
+      if (!(e instanceof RolledBack)) throw e;
+    });
+  },
+);
+
 cleanup(db);
