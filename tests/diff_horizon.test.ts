@@ -4,7 +4,7 @@
 // no longer describes this database) and require the restore to be exact anyway.
 import assert from "node:assert/strict";
 import { planRestore } from "../shared/restore/plan.ts";
-import { takeSnapshot } from "../shared/restore/snapshot.ts";
+import { snapshotIn, takeSnapshot } from "../shared/restore/snapshot.ts";
 import { validateSnapshot } from "../shared/restore/validate.ts";
 import { cleanup, dbTest, restoreSnapshot, storeOf, testDatabase } from "./_db.ts";
 
@@ -204,6 +204,117 @@ dbTest(
     assert.equal(plan.totals.update, 2);
     await restore(s.snapshot_id, "h8");
     assert.deepEqual(await rows("h8"), before);
+  },
+);
+
+/**
+ * A snapshot of a tenant taken as takeSnapshot takes it (one REPEATABLE READ transaction, its
+ * horizon recorded), and whether it compared the table's rows with the store's (pitr.store_rows).
+ */
+async function snapshotCompared(tenant: string): Promise<{ id: string; compared: boolean }> {
+  return await sql.begin("isolation level repeatable read", async (tx) => {
+    await tx`select set_config('track_functions', 'all', true)`;
+    const s = await snapshotIn(tx, { tenantId: tenant });
+    await tx`select pitr.record_horizon(${s.snapshot_id})`;
+    const [{ n }] = await tx<{ n: number }[]>`select coalesce(pg_stat_get_xact_function_calls(
+      'pitr.store_rows(bigint,text,bigint,text[],text)'::regprocedure), 0)::int as n`;
+    return { id: s.snapshot_id, compared: n > 0 };
+  });
+}
+
+/**
+ * A snapshot of the tenant whose horizon follows every row of it, taken again until one does: a
+ * transaction open anywhere on the server while a snapshot reads (an autovacuum's ANALYZE in any
+ * database) moves its horizon back, and the next snapshot then compares the rows written after
+ * it, as it must.
+ */
+async function settledSnapshot(tenant: string): Promise<void> {
+  for (let i = 0; i < 10; i++) {
+    const s = await takeSnapshot(sql, { tenantId: tenant });
+    const [{ settled }] = await sql<{ settled: boolean }[]>`
+      select coalesce(not exists (select from hz.items l where l.tenant_id = ${tenant}
+        and age(l.xmin) <= pitr.head_horizon_age(st.store_id, ${tenant})), false) as settled
+      from pitr.backup_snapshot_tables st
+      where st.snapshot_id = ${s.snapshot_id} and st.table_name = 'items'`;
+    if (settled) return;
+  }
+  throw new Error(`no snapshot of ${tenant} whose horizon follows its rows`);
+}
+
+dbTest(
+  "a snapshot compares no row of a table unchanged since the last one, and every change since is stored",
+  async () => {
+    await seed("h10", 10000);
+    await settledSnapshot("h10");
+    const start = await rows("h10");
+    const same = await snapshotCompared("h10");
+    assert.equal(same.compared, false);
+    // Fewer rows, none written since.
+    await sql`delete from hz.items where tenant_id = 'h10' and id = 10001`;
+    const deleted = await rows("h10");
+    const fewer = await snapshotCompared("h10");
+    assert.equal(fewer.compared, true);
+    // As many rows as before, one of them new.
+    await sql`delete from hz.items where tenant_id = 'h10' and id = 10002`;
+    await sql`insert into hz.items values (10002, 'h10', 'back', 2, null)`;
+    const swapped = await rows("h10");
+    const renewed = await snapshotCompared("h10");
+    assert.equal(renewed.compared, true);
+    // Frozen since, and nothing else: unchanged.
+    await settledSnapshot("h10");
+    await sql`vacuum (freeze) hz.items`;
+    const frozen = await snapshotCompared("h10");
+    assert.equal(frozen.compared, false);
+    for (
+      const [id, want] of [[same.id, start], [fewer.id, deleted], [renewed.id, swapped]] as const
+    ) {
+      await sql`update hz.items set qty = -1 where tenant_id = 'h10'`;
+      await restore(id, "h10");
+      assert.deepEqual(await rows("h10"), want);
+    }
+    await restore(frozen.id, "h10");
+    assert.deepEqual(await rows("h10"), swapped);
+  },
+);
+
+dbTest(
+  "a row written by a transaction open across a snapshot is stored by the next one",
+  async () => {
+    await seed("h11", 11000);
+    const before = await rows("h11");
+    const writer = await sql.reserve();
+    try {
+      await writer`begin`;
+      await writer`update hz.items set name = 'open across' where tenant_id = 'h11' and id = 11001`;
+      const first = await takeSnapshot(sql, { tenantId: "h11" });
+      await writer`commit`;
+      const after = await rows("h11");
+      assert.notDeepEqual(after, before);
+      const next = await snapshotCompared("h11");
+      assert.equal(next.compared, true);
+      await restore(first.snapshot_id, "h11");
+      assert.deepEqual(await rows("h11"), before);
+      await restore(next.id, "h11");
+      assert.deepEqual(await rows("h11"), after);
+    } finally {
+      writer.release();
+    }
+  },
+);
+
+dbTest(
+  "after a restore, whose undo moved the head, the next snapshot compares every row",
+  async () => {
+    await seed("h12", 12000);
+    const s = await takeSnapshot(sql, { tenantId: "h12" });
+    const before = await rows("h12");
+    await sql`update hz.items set qty = 0 where tenant_id = 'h12' and id % 2 = 0`;
+    await restore(s.snapshot_id, "h12");
+    const next = await snapshotCompared("h12");
+    assert.equal(next.compared, true);
+    await sql`update hz.items set qty = 1 where tenant_id = 'h12'`;
+    await restore(next.id, "h12");
+    assert.deepEqual(await rows("h12"), before);
   },
 );
 
