@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { applySnapshot } from "../shared/restore/apply.ts";
 import { connect, type Db } from "../shared/db/client.ts";
 import { planRestore } from "../shared/restore/plan.ts";
-import { takeSnapshot } from "../shared/restore/snapshot.ts";
+import { snapshotIn, takeSnapshot } from "../shared/restore/snapshot.ts";
 import { cleanup, dbTest, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("fleet");
@@ -374,6 +374,25 @@ dbTest(
           where tenant_id = 412 and body like '% (edited)') as edited,
         (select count(*)::int from public."Audit Log" where tenant_id = 412) as entries`;
     assert.deepEqual(after, { edited: 0, entries: gone });
+  },
+);
+
+dbTest(
+  "a snapshot asks whether the tenant wrote a table since by the tenant's index, never by a scan of every tenant's",
+  async () => {
+    // As above: a third of the users table is the tenant's, stored after the fleet's 30,000.
+    await sql`insert into public.tenants (id, name) values (416, 'fleet'), (417, 'snapshotted')`;
+    await addUsers(416, "fleet", 30000);
+    await addUsers(417, "own", 15000);
+    await sql`analyze public.users`;
+    await takeSnapshot(sql, { tenantId: "417", tables: ["users"] });
+    const reads = await onNewBackend(async (tx) => {
+      await snapshotIn(tx, { tenantId: "417", tables: ["users"] });
+      return await tableReads(tx, "public.users");
+    });
+    assert.equal(reads.seq_scan, 0, "no scan of the users table");
+    assert.equal(reads.seq_tup_read, 0);
+    assert.ok(reads.idx_scan > 0, `${reads.idx_scan} index scans`);
   },
 );
 

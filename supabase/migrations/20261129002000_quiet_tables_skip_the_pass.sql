@@ -25,6 +25,24 @@ begin
 end
 $$;
 
+-- The tenant's rows in a live table (p_live, its tenant predicate p_pred) when none of them was
+-- written since a snapshot's horizon (p_age, pitr.horizon_age), or -1 when one was: the probe stops
+-- at the first such row. One statement, so one view of the rows even where the caller reads
+-- committed. By the tenant's index, never a scan: a scan for rows that are not there reads every
+-- tenant's (as pitr.tenant_has_rows).
+create function pitr.rows_if_unwritten(p_live text, p_pred text, p_age integer) returns bigint
+language plpgsql stable set search_path = pg_catalog, pg_temp set enable_seqscan = off set jit = off
+as $$
+declare
+  v_rows bigint;
+begin
+  execute format('select case when exists (select from %1$s l where %2$s and age(l.xmin) <= %3$s)
+      then -1 else (select count(*) from %1$s l where %2$s) end', p_live, p_pred, p_age)
+  into v_rows;
+  return v_rows;
+end
+$$;
+
 -- pitr.table_diff (20261129001900_unchanged_tables_skip_empty_sets.sql): the count first, for an
 -- overwrite or a merge, and a quiet table marked without sets; the FK columns read for the pass
 -- only; everything else as it was.
@@ -145,18 +163,19 @@ begin
       v_n::text || ':' || v_sum::text;
     return;
   end if;
-  v_empty := not pitr.tenant_has_rows(p_snapshot_table);
-  if not v_empty and v_age is not null and v_rows <= 10000 and v_chosen_t = 'true'
+  if v_age is not null and v_rows <= 10000 and v_chosen_t = 'true'
       and p_strategy in ('overwrite', 'merge') then
     -- A table the tenant has not written since the snapshot: every live row is one the snapshot
     -- read (the pass below trusts the same), so when they are as many as the snapshot's rows, their
-    -- keys are the snapshot's and the pass would find nothing. One count of the tenant's rows
-    -- tells it, instead of the pass, which also reads the snapshot's rows and makes two temporary
-    -- tables. A table that was written pays the count on top of the pass: asked only where the
-    -- tenant has few rows, the count costs less than the pass's fixed part (about 1 ms).
-    execute format('select count(*) = %s and count(*) filter (where age(l.xmin) <= %s) = 0
-        from %s l where %s', v_rows, v_age, r.live, r.tenant_pred)
-    into v_quiet;
+    -- keys are the snapshot's and the pass would find nothing. One probe and one count tell it
+    -- (and whether the tenant has rows), instead of the pass, which also reads the snapshot's rows
+    -- and makes two temporary tables. A table that was written pays the probe on top of the pass:
+    -- asked only where the tenant has few rows, it costs less than the pass's fixed part.
+    v_n := pitr.rows_if_unwritten(r.live, r.tenant_pred, v_age);
+    v_empty := v_n = 0;
+    v_quiet := v_n = v_rows;
+  else
+    v_empty := not pitr.tenant_has_rows(p_snapshot_table);
   end if;
   if v_quiet then
     -- No write set or delete set: the calls that would read them ask pitr.diff_quiet first, and

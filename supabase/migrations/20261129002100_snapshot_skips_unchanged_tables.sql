@@ -8,7 +8,8 @@
 -- xmin precedes it was read by that snapshot exactly as it is now. When no live row of the tenant
 -- was written since (xmin within the horizon) and the tenant has as many rows as the head, the
 -- live rows are the head's rows, and the snapshot records the table at the head as it is: one
--- probe for a row written since (it stops at the first) and one count, instead of the join. The
+-- probe for a row written since (it stops at the first) and one count, both by the tenant's index
+-- (pitr.rows_if_unwritten), instead of the join. The
 -- same assumption the restore's diff rests on (20261129000000_diff_since_snapshot.sql), with the
 -- same guards: a head last written by a snapshot without a horizon (an undo, a moment from the
 -- change log) or one too old is compared in full, and so is a table whose columns changed (its
@@ -61,11 +62,8 @@ begin
   if v_age is not null then
     v_rows := (select row_count from pitr.backup_store_heads
       where store_id = v_store.id and tenant_id = v_tenant);
-    -- One statement, so one view of the rows even where the caller reads committed (an undo).
-    execute format('select case when exists (select from %1$I.%2$I l where %3$s and age(l.xmin) <= %4$s)
-        then false else (select count(*) from %1$I.%2$I l where %3$s) = %5$s end',
-      v_table.table_schema, v_table.table_name, v_pred, v_age, v_rows)
-    into v_same;
+    v_same := coalesce(pitr.rows_if_unwritten(format('%I.%I', v_table.table_schema,
+      v_table.table_name), v_pred, v_age) = v_rows, false);
   end if;
   return pitr.snapshot_table_from(p_snapshot, p_position, p_relid,
     case when not v_same then format('(select %s from %I.%I l where %s)',
