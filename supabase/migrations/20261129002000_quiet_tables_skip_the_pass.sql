@@ -8,13 +8,14 @@
 -- horizon) and the tenant has as many rows as the snapshot, the pass would find nothing: the live
 -- rows are rows the snapshot read (the assumption the pass already rests on, that a row not
 -- written since the snapshot is in it under the same key), so their keys are exactly the
--- snapshot's. One count of the tenant's rows tells it. Such a table is marked quiet for the
+-- snapshot's. A probe for a row written since (it stops at the first) and a count of the tenant's
+-- rows, both by its index (pitr.rows_if_unwritten), tell it. Such a table is marked quiet for the
 -- transaction (pitr.diff_quiet) and gets no write set or delete set: the restore writes and
 -- deletes nothing in it, and the three calls it still makes for it (its undo, its verification,
 -- and the foreign-key check of a written child that points at it) ask the mark first. A preview
 -- still makes the pass (it recomputes the snapshot's checksum from the stored rows), and so does a
 -- selective restore; a table the tenant has more than 10,000 rows in goes straight to the pass
--- (a table written since pays the count on top of it).
+-- (a table written since pays the probe on top of it).
 
 -- Whether the restore's diff of a table (pitr.table_diff) found the tenant had not written it since
 -- the snapshot, in this transaction: the table then has no write set or delete set.
@@ -43,9 +44,9 @@ begin
 end
 $$;
 
--- pitr.table_diff (20261129001900_unchanged_tables_skip_empty_sets.sql): the count first, for an
--- overwrite or a merge, and a quiet table marked without sets; the FK columns read for the pass
--- only; everything else as it was.
+-- pitr.table_diff (20261129001900_unchanged_tables_skip_empty_sets.sql): the probe and count first,
+-- for an overwrite or a merge (the tenant's emptiness from the same count), and a quiet table
+-- marked without sets; the FK columns read for the pass only; everything else as it was.
 create or replace function pitr.table_diff(p_snapshot_table bigint, p_strategy text,
   p_materialize boolean default false)
 returns table (ins bigint, upd bigint, del bigint, unchanged bigint, conflicts bigint,
