@@ -280,9 +280,11 @@ export async function applySnapshot(
       // and only the parent's deleted rows can leave a child without one.
       if (child && wrote(fk.child)) {
         current.table = fk.child;
+        // The keys the parent's written rows hold are found among its live rows anyway; a parent
+        // that wrote none (its diff may have made no write set at all) is not asked.
         const [{ n }] = await tx<{ n: string }[]>`
           select pitr.fk_dangling_children(${fk.oid}::oid, ${child.id},
-            ${options.strategy !== "merge" && parent ? parent.id : null}) as n`;
+            ${options.strategy !== "merge" && parent && wrote(fk.parent) ? parent.id : null}) as n`;
         if (Number(n) > 0 && !parent && options.strategy !== "selective") {
           // The plan's count: restored rows whose parent is missing (not a MATCH FULL key
           // written half null, which no table added to the restore would mend).

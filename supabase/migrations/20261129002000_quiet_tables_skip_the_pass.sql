@@ -11,8 +11,9 @@
 -- snapshot's. A probe for a row written since (it stops at the first) and a count of the tenant's
 -- rows, both by its index (pitr.rows_if_unwritten), tell it. Such a table is marked quiet for the
 -- transaction (pitr.diff_quiet) and gets no write set or delete set: the restore writes and
--- deletes nothing in it, and the three calls it still makes for it (its undo, its verification,
--- and the foreign-key check of a written child that points at it) ask the mark first. A preview
+-- deletes nothing in it, and its undo and its verification ask whether it wrote anything of
+-- pitr.diff_found_nothing, which knows the mark (apply.ts asks the foreign-key check of a written
+-- child to subtract no keys of a parent that wrote none). A preview
 -- of such a table takes its checksum from the stored hashes alone, as its pass counts rows
 -- unchanged since (a plan of 10 rows changed in 1 table of 30: 123-158 ms against 152-170 ms). A
 -- selective restore still makes the pass; a table the tenant has more than 10,000 rows in goes
@@ -24,6 +25,26 @@ create function pitr.diff_quiet(p_snapshot_table bigint) returns boolean
 language plpgsql stable set search_path = pg_catalog, pg_temp set jit = off as $$
 begin
   return coalesce(current_setting('pitr.quiet_' || p_snapshot_table, true), '') = 'on';
+end
+$$;
+
+-- Whether the restore's diff of a table left nothing to write or delete in it: found quiet (no
+-- sets at all), or both its sets empty (a merge has no delete set).
+create function pitr.diff_found_nothing(p_snapshot_table bigint) returns boolean
+language plpgsql stable set search_path = pg_catalog, pg_temp set jit = off as $$
+declare
+  r pitr.restore_sql;
+  v_none boolean;
+begin
+  if pitr.diff_quiet(p_snapshot_table) then
+    return true;
+  end if;
+  r := pitr.restore_sql(p_snapshot_table);
+  execute format('select not exists (select from %s)', r.writes) into v_none;
+  if v_none and to_regclass(r.deletes) is not null then
+    execute format('select not exists (select from %s)', r.deletes) into v_none;
+  end if;
+  return v_none;
 end
 $$;
 
@@ -131,11 +152,18 @@ begin
       v_same := format('o.%s is not null', r.pk[1]);
     end if;
   end if;
-  if not p_materialize and v_age is not null and v_rows <= 10000
+  if v_age is not null and v_rows <= 10000 and v_chosen_t = 'true'
       and p_strategy in ('overwrite', 'merge') then
-    v_quiet := pitr.rows_if_unwritten(r.live, r.tenant_pred, v_age) = v_rows;
+    -- A table the tenant has not written since the snapshot: every live row is one the snapshot
+    -- read (the pass below trusts the same), so when they are as many as the snapshot's rows, their
+    -- keys are the snapshot's and the pass would find nothing. One probe and one count tell it
+    -- (and whether the tenant has rows), instead of the pass, which also reads the snapshot's rows
+    -- and makes temporary tables. A table that was written pays the probe on top of the pass:
+    -- asked only where the tenant has few rows, it costs less than the pass's fixed part.
+    v_n := pitr.rows_if_unwritten(r.live, r.tenant_pred, v_age);
+    v_quiet := v_n = v_rows;
   end if;
-  if v_quiet then
+  if v_quiet and not p_materialize then
     -- A preview of a table the tenant has not written since the snapshot (as for a restore,
     -- below): nothing would change, and the checksum is what the pass would count for rows
     -- unchanged since, the hashes stored beside them.
@@ -180,24 +208,12 @@ begin
       v_n::text || ':' || v_sum::text;
     return;
   end if;
-  if v_age is not null and v_rows <= 10000 and v_chosen_t = 'true'
-      and p_strategy in ('overwrite', 'merge') then
-    -- A table the tenant has not written since the snapshot: every live row is one the snapshot
-    -- read (the pass below trusts the same), so when they are as many as the snapshot's rows, their
-    -- keys are the snapshot's and the pass would find nothing. One probe and one count tell it
-    -- (and whether the tenant has rows), instead of the pass, which also reads the snapshot's rows
-    -- and makes two temporary tables. A table that was written pays the probe on top of the pass:
-    -- asked only where the tenant has few rows, it costs less than the pass's fixed part.
-    v_n := pitr.rows_if_unwritten(r.live, r.tenant_pred, v_age);
-    v_empty := v_n = 0;
-    v_quiet := v_n = v_rows;
-  else
-    v_empty := not pitr.tenant_has_rows(p_snapshot_table);
-  end if;
+  -- The probe's count, where it was asked, says whether the tenant has rows.
+  v_empty := case when v_n is null then not pitr.tenant_has_rows(p_snapshot_table) else v_n = 0 end;
   if v_quiet then
-    -- No write set or delete set: the calls that would read them ask pitr.diff_quiet first, and
-    -- the restore makes no other for this table (it writes and deletes nothing in it). Sets left
-    -- by an earlier diff of the table in this transaction go.
+    -- No write set or delete set: the calls that would read them ask pitr.diff_found_nothing
+    -- first, and the restore makes no other for this table (it writes and deletes nothing in it).
+    -- Sets left by an earlier diff of the table in this transaction go.
     execute format('drop table if exists %s, %s', r.writes, r.deletes);
     perform set_config('pitr.quiet_' || p_snapshot_table, 'on', true);
     return query select 0::bigint, 0::bigint, 0::bigint, v_rows, 0::bigint, null::text;
@@ -275,8 +291,9 @@ end
 $$;
 
 
--- pitr.undo_from_diff (20261129001900_unchanged_tables_skip_empty_sets.sql): a table the diff found
--- quiet has nothing written or deleted; everything else as it was.
+-- pitr.undo_from_diff (20261129001900_unchanged_tables_skip_empty_sets.sql): whether anything was
+-- written or deleted asked of pitr.diff_found_nothing, which knows a quiet table; everything else
+-- as it was.
 create or replace function pitr.undo_from_diff(p_undo uuid, p_position integer, p_snapshot_table bigint)
 returns bigint
 language plpgsql
@@ -300,12 +317,7 @@ declare
   v_id bigint;
   v_none boolean;
 begin
-  if pitr.diff_quiet(p_snapshot_table) then
-    v_none := true;
-  else
-    execute format('select not exists (select from %s w) and not exists (select from %s d)',
-      r.writes, r.deletes) into v_none;
-  end if;
+  v_none := pitr.diff_found_nothing(p_snapshot_table);
   if v_none then
     -- Nothing written or deleted in this table: no version to add or close, and the write set
     -- stays as it is (empty).
@@ -386,12 +398,7 @@ declare
   v_live text;
   v_none boolean;
 begin
-  if pitr.diff_quiet(p_snapshot_table) then
-    v_none := true;
-  else
-    execute format('select not exists (select from %s w) and not exists (select from %s d)',
-      r.writes, v_deletes) into v_none;
-  end if;
+  v_none := pitr.diff_found_nothing(p_snapshot_table);
   if v_none then
     -- Nothing written or deleted: the sum below with no row removed and none added, without the
     -- temporary table of touched keys and its statistics.
@@ -426,66 +433,6 @@ begin
   into v_n, v_s;
   v_live := v_n || ':' || v_s;
   return query select v_live = r.checksum, v_live, r.checksum;
-end
-$$;
-
-
--- pitr.fk_dangling_children (20261129000500_fk_checks_by_parent_index.sql): a parent the diff found
--- quiet writes no row, so none is taken from the keys looked up; everything else as it was.
-create or replace function pitr.fk_dangling_children(p_fk oid, p_snapshot_table bigint,
-  p_parent_snapshot_table bigint default null) returns bigint
-language plpgsql set search_path = pg_catalog, pg_temp set work_mem = '64MB' set enable_nestloop = off
-set enable_sort = off set enable_hashjoin = on set enable_mergejoin = on set jit = off as $$
-declare
-  r pitr.restore_sql := pitr.restore_sql(p_snapshot_table);
-  e record := pitr.fk_edge(p_fk);
-  f record := pitr.fk_condition(p_fk, 't', 'p');
-  v_keys text := (select string_agg(format('t.%I', c), ', ') from unnest(e.child_columns) c);
-  v_parent_keys text := (select string_agg(format('p.%I', c), ', ') from unnest(e.parent_columns) c);
-  v_rows bigint := (select row_count from pitr.backup_snapshot_tables where id = p_snapshot_table);
-  v_count bigint;
-  v_written text;
-  rp pitr.restore_sql;
-  v_left text;
-  v_partial bigint := 0;
-  v bigint;
-begin
-  execute format('select count(*) from %s w where not w.keys_kept', r.writes) into v_count;
-  if v_count * 3 > v_rows then
-    -- Most of the tenant's rows were written (a restore of an emptied tenant): their keys are
-    -- read from the table itself, a superset of the rows written (each is there, written and
-    -- locked by this transaction), in one scan by the tenant, instead of fetching that many rows
-    -- from the store one TID at a time.
-    v_written := format('(select * from %s l where %s)', r.live, r.tenant_pred);
-  else
-    v_written := pitr.target_sql(r,
-      format('array(select sctid from %s w where not w.keys_kept)', r.writes));
-  end if;
-  if e.match_full then
-    execute format('select count(*) from %s t where num_nulls(%s) between 1 and %s', v_written,
-      v_keys, cardinality(e.child_columns) - 1) into v_partial;
-  end if;
-  -- The keys the written rows point at, once each (a join with the write set, not a TID list:
-  -- it can hold every row of the tenant).
-  v_left := format('select distinct %s from %s t where %s', v_keys, v_written, f.not_null);
-  if p_parent_snapshot_table is not null and not pitr.diff_quiet(p_parent_snapshot_table) then
-    rp := pitr.restore_sql(p_parent_snapshot_table);
-    v_left := format('%s except select %s from %s p', v_left, v_parent_keys, pitr.written_sql(rp));
-  end if;
-  execute format('drop table if exists pg_temp.pitr_fk_keys;
-      create temp table pitr_fk_keys on commit drop as %s', v_left);
-  -- The keys left are looked up one by one in the parent's key index, the one a foreign key
-  -- requires: nested loops only for these statements (the SET clause restores the settings on
-  -- return). Left to choose, the planner hashed the whole parent table, every tenant's rows, from
-  -- about 500 keys on.
-  perform set_config('enable_nestloop', 'on', true);
-  perform set_config('enable_hashjoin', 'off', true);
-  perform set_config('enable_mergejoin', 'off', true);
-  execute format('select count(*) from (select from pg_temp.pitr_fk_keys t join %I.%I p on %s
-      for key share of p) locked', e.parent_schema, e.parent_table, f.joined);
-  execute format('select count(*) from pg_temp.pitr_fk_keys t where not exists (select from %I.%I p where %s)',
-    e.parent_schema, e.parent_table, f.joined) into v;
-  return v + v_partial;
 end
 $$;
 
