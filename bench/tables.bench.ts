@@ -1,10 +1,10 @@
-// `deno task bench:tables [--quick]`: what a restore costs in a schema of many tables when the
-// damage is in one of them. `deno task bench` has three tables, all drifted; an application has
-// dozens, and a bad import or a mistaken bulk update touches a few. The restore of such a drift
-// should cost in proportion to what changed, not to the number of tables. It times, in a fresh
-// database it drops at the end, the restore of a few rows changed in one table of many, of the
-// same rows changed in every table, and the full restore of the emptied tenant (the baseline, as
-// in deno task bench). It must never assert a goal.
+// `deno task bench:tables [--quick] [--rows N]`: what a restore costs in a schema of many tables
+// when the damage is in one of them. `deno task bench` has three tables, all drifted; an
+// application has dozens, and a bad import or a mistaken bulk update touches a few. The restore of
+// such a drift should cost in proportion to what changed, not to the number of tables nor to their
+// size. It times, in a fresh database it drops at the end, the restore of a few rows changed in one
+// table of many, of the same rows changed in every table, and the full restore of the emptied
+// tenant (the baseline, as in deno task bench). It must never assert a goal.
 import type { Sql } from "../shared/db/client.ts";
 import { migrate } from "../shared/db/migrate.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
@@ -18,13 +18,23 @@ const quick = Deno.args.includes("--quick");
 const REPS = quick ? 2 : 5;
 const TABLES = quick ? 10 : 30;
 const TENANTS = quick ? 2 : 5;
-/** Rows of each tenant in each table. */
-const ROWS = quick ? 200 : 1_000;
+/** Rows of each tenant in each table (--rows N: a multiple of 100, for larger tables). */
+const ROWS = rowsArg() ?? (quick ? 200 : 1_000);
 /** Rows changed in a drifted table: every hundredth. */
 const DRIFTED = ROWS / 100;
 const MEASURED = 1;
 
 const log = (msg: string) => console.error(`[bench:tables] ${msg}`);
+
+function rowsArg(): number | undefined {
+  const at = Deno.args.indexOf("--rows");
+  if (at < 0) return undefined;
+  const n = Number(Deno.args[at + 1]);
+  if (!Number.isInteger(n) || n < 100 || n % 100 !== 0) {
+    throw new Error(`--rows takes a multiple of 100, not ${Deno.args[at + 1]}`);
+  }
+  return n;
+}
 
 // Table names are the bench's own (t0 … tN); no text from outside reaches sql.unsafe.
 const table = (i: number) => `public.t${i}`;
