@@ -15,6 +15,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { connect } from "../shared/db/client.ts";
+import { Unprocessable } from "../shared/restore/errors.ts";
 import { createRestore } from "../shared/restore/history.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { planRestore } from "../shared/restore/plan.ts";
@@ -929,6 +930,8 @@ const stats = {
   subsets: 0,
   /** Restores whose plan foresaw a key collision (any key), each refused as foreseen. */
   foreseen: 0,
+  /** Moments refused: a row changed twice in one transaction since, once by a cascade. */
+  orderUnknown: 0,
 };
 const codes = new Map<string, number>();
 const refusedWrites = new Map<string, number>();
@@ -1375,9 +1378,17 @@ async function run(sc: Scenario) {
       snapshotId = mark.snapshots.get(tenant)!;
     } else {
       // A moment before a column was added is rebuilt with the columns it had.
-      snapshotId =
-        (await snapshotAt(pool, { tenantId: String(tenant), at: mark.at, tables: subset }))
-          .snapshot_id;
+      try {
+        snapshotId =
+          (await snapshotAt(pool, { tenantId: String(tenant), at: mark.at, tables: subset }))
+            .snapshot_id;
+      } catch (e) {
+        // A row changed twice in one transaction since, once by a cascading key or a trigger:
+        // the log cannot tell the order, and the moment is refused before anything is written.
+        if (!(e instanceof Unprocessable && e.code === "moment_order_unknown")) throw e;
+        stats.orderUnknown++;
+        return;
+      }
       if (chosen.some((c, i) => c && mark.added[i] !== added[i])) stats.momentBeforeAdded++;
     }
     const restoredTables = r.from === "snapshot" && !whole ? subset : undefined;

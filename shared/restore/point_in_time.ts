@@ -58,6 +58,12 @@ export async function snapshotAtIn(
     returning id`;
   const storeTenant = options.preview ? `preview:${created.id}` : null;
   for (const [position, t] of tables.entries()) {
+    // A row changed twice in one transaction after `at`, once by a statement a trigger ran (a
+    // cascading foreign key): the log cannot tell which came first (pitr.moment_order_unknown).
+    const [{ unknown }] = await tx<{ unknown: string | null }[]>`
+      select pitr.moment_order_unknown(${t.relid}::oid, ${request.tenantId},
+        ${request.at}::text::timestamptz) as unknown`;
+    if (unknown) throw new Unprocessable("moment_order_unknown", unknown, t.name);
     try {
       await tx`select pitr.snapshot_table_at(${created.id}, ${position}, ${t.relid}::oid,
         ${request.at}::text::timestamptz, ${storeTenant})`;
