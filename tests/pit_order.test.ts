@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { createRestore } from "../shared/restore/history.ts";
 import { executeRestore } from "../shared/restore/execute.ts";
 import { Unprocessable } from "../shared/restore/errors.ts";
-import { snapshotAt } from "../shared/restore/point_in_time.ts";
+import { snapshotAt, validateAt } from "../shared/restore/point_in_time.ts";
 import { cleanup, clearMoment, dbTest, testDatabase } from "./_db.ts";
 
 const db = await testDatabase("pit_order");
@@ -47,6 +47,11 @@ async function refused(tenant: number, at: string, table: string) {
   const [{ n: after }] = await sql<{ n: number }[]>`
     select count(*)::int as n from public.backup_snapshots`;
   assert.equal(after, before);
+  // Validate says the same, as the table's failed change_log check.
+  const v = await validateAt(sql, { tenantId: String(tenant), at, tables: [table] });
+  assert.equal(v.valid, false);
+  const failed = v.checks.find((c) => c.check === "change_log" && !c.ok);
+  assert.ok(failed?.message.includes("the change log does not keep the order"), failed?.message);
 }
 
 /** Restores the tenant's table to the moment; it must complete. */

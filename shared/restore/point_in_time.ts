@@ -155,7 +155,9 @@ export async function validateAt(
     (await sql<{ relid: string; enabled_at: Date; covers: boolean; blocker: string | null }[]>`
       select relid::int8 as relid, enabled_at, enabled_at <= ${request.at}::text::timestamptz as covers,
         case when enabled_at <= ${request.at}::text::timestamptz
-          then pitr.schema_change_after(relid, ${request.at}::text::timestamptz) end as blocker
+          then coalesce(pitr.schema_change_after(relid, ${request.at}::text::timestamptz),
+            pitr.moment_order_unknown(relid, ${request.tenantId},
+              ${request.at}::text::timestamptz)) end as blocker
       from pitr.capture_tables where relid = any(${tables.map((t) => t.relid)}::oid[])`)
       .map((r) => [Number(r.relid), r]),
   );
