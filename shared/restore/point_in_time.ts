@@ -57,13 +57,19 @@ export async function snapshotAtIn(
     values (${request.tenantId}, ${`as of ${request.at}`}, 'point_in_time')
     returning id`;
   const storeTenant = options.preview ? `preview:${created.id}` : null;
+  // A row changed twice by one statement after `at` through a cascading foreign key or a trigger:
+  // the log cannot tell the order (pitr.moment_order_unknown). Asked of every table at once, before
+  // any is rebuilt.
+  const [unknown] = await tx<{ i: number; message: string }[]>`
+    select i::int, message from (
+      select t.i, pitr.moment_order_unknown(t.relid, ${request.tenantId},
+        ${request.at}::text::timestamptz) as message
+      from unnest(${tables.map((t) => t.relid)}::oid[]) with ordinality t(relid, i)) x
+    where message is not null order by i limit 1`;
+  if (unknown) {
+    throw new Unprocessable("moment_order_unknown", unknown.message, tables[unknown.i - 1].name);
+  }
   for (const [position, t] of tables.entries()) {
-    // A row changed twice in one transaction after `at`, once by a statement a trigger ran (a
-    // cascading foreign key): the log cannot tell which came first (pitr.moment_order_unknown).
-    const [{ unknown }] = await tx<{ unknown: string | null }[]>`
-      select pitr.moment_order_unknown(${t.relid}::oid, ${request.tenantId},
-        ${request.at}::text::timestamptz) as unknown`;
-    if (unknown) throw new Unprocessable("moment_order_unknown", unknown, t.name);
     try {
       await tx`select pitr.snapshot_table_at(${created.id}, ${position}, ${t.relid}::oid,
         ${request.at}::text::timestamptz, ${storeTenant})`;

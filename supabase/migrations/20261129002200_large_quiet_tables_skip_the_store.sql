@@ -72,6 +72,9 @@ declare
   -- The pass found no row to write or delete: both sets empty, made without statistics.
   v_none boolean := false;
   v_quiet boolean := false;
+  -- The snapshot's horizon can tell whether the tenant wrote the table since: a whole-table
+  -- overwrite or merge, asked of a probe (up to 10,000 rows) or inside the pass (more).
+  v_askable boolean;
 begin
   -- Set again below if this diff finds the table quiet.
   perform set_config('pitr.quiet_' || p_snapshot_table, '', true);
@@ -115,8 +118,8 @@ begin
       v_same := format('o.%s is not null', r.pk[1]);
     end if;
   end if;
-  if v_age is not null and v_rows <= 10000 and v_chosen_t = 'true'
-      and p_strategy in ('overwrite', 'merge') then
+  v_askable := v_age is not null and v_chosen_t = 'true' and p_strategy in ('overwrite', 'merge');
+  if v_askable and v_rows <= 10000 then
     -- A table the tenant has not written since the snapshot: every live row is one the snapshot
     -- read (the pass below trusts the same), so when they are as many as the snapshot's rows, their
     -- keys are the snapshot's and the pass would find nothing. One probe and one count tell it
@@ -203,8 +206,7 @@ begin
     -- themselves are then fetched by TID, as many as changed.
     -- lhash: a changed live row's hash in the store's types, for the verification (verify_table).
     v_fk_cols := array(select c from unnest(pitr.fk_child_columns(r.relid)) c where c = any (r.cols));
-    if v_age is not null and v_rows > 10000 and v_chosen_t = 'true'
-        and p_strategy in ('overwrite', 'merge') then
+    if v_askable and v_rows > 10000 then
       -- A table the probe above was not asked of: the pass reads the snapshot's rows only when the
       -- tenant wrote a row since (the pass's own rows written since, found first) or has another
       -- number of rows than the snapshot, in the same statement. Otherwise it finds nothing, as

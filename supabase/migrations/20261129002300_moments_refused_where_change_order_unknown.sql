@@ -123,7 +123,9 @@ $b$, pitr.arm_sql(false),
 end
 $$;
 
--- Each captured table's function again, with the depth.
+-- Each captured table's function again, with the depth, from its registry row as it is
+-- (pitr.regenerate_capture would also record today's columns as the table's signature, and so
+-- forget a change of them that the event trigger, where it is missing, never recorded).
 do $$
 declare
   v record;
